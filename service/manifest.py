@@ -20,8 +20,12 @@ Graph signatures (all float32 NCHW pixels in [0,1] unless said otherwise):
                                       logits[N,1,28,28] (for exact likelihoods)
     cvae      encoder  image[N,1,28,28], label[N] (int64) -> mean[N,d], logvar[N,d]
               decoder  latent[N,d], label[N] (int64) -> image, logits
-    denoiser  model    image[N,1,H,W] -> image[N,1,H,W]
-    upscaler  model    image[N,1,H,W] -> image[N,1,sH,sW]   (s = entry.scale)
+    denoiser  model    image[N,1,H,W] -> output[N,1,H,W]
+    upscaler  model    image[N,1,H,W] -> output[N,1,sH,sW]   (s = entry.scale)
+
+(ONNX forbids an output named like an input, hence `output`.) The names, shapes
+and dtypes of every file are also recorded in its `inputs` / `outputs` below:
+readers should take them from there.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Serving side: BentoML + onnxruntime over `exported_models/`. Never imports torch."""

@@ -1,0 +1,305 @@
+"""The autoencoder family: one small convolutional encoder/decoder pair, six models.
+
+Each model is an `nn.Module` with
+- `loss(batch) -> (loss, logs)`: the training objective on a `Batch`;
+- `graphs() -> dict[role, Graph]`: the modules to export to ONNX, with their
+  input/output names and dynamic axes (see `service/manifest.py` for the contract).
+
+`MODELS` maps a model name to its builder; checkpoints store the builder's
+keyword arguments so that whoever loads weights can rebuild the model.
+
+Choices, and why:
+- Strided convs down (28 -> 14 -> 7) and transposed convs up: cheap on 2 CPU
+  cores and fast in onnxruntime.
+- VAEs use a Bernoulli likelihood on dynamically binarized pixels (Kingma &
+  Welling 2014; Burda et al. 2016 for the IWAE bound used in evaluation) and the
+  closed-form Gaussian KL. Their decoders export `logits` beside the
+  probabilities so that evaluation computes exact log-likelihoods.
+- The denoiser and upscalers are fully convolutional (any H, W): a residual
+  conv stack (denoiser) and an ESPCN-style sub-pixel network (upscalers;
+  Shi et al. 2016), both predicting a correction to a cheap estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NUM_CLASSES = 10
+
+
+@dataclass
+class Batch:
+    """What a training step sees. `target` is the clean image; `inputs` what the model gets."""
+
+    inputs: torch.Tensor
+    target: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class Graph:
+    """One module to export, with its ONNX signature."""
+
+    module: nn.Module
+    example: tuple[torch.Tensor, ...]
+    input_names: list[str]
+    output_names: list[str]
+    dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+def kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, I)), summed over latent dims, per example."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+
+
+def one_hot(labels: torch.Tensor) -> torch.Tensor:
+    """Float one-hot made by comparison, which exports to plain ONNX ops."""
+    classes = torch.arange(NUM_CLASSES, device=labels.device)
+    return (labels.unsqueeze(1) == classes).float()
+
+
+class ConvEncoder(nn.Module):
+    """[N,1,28,28] (+ optional extra vector) -> [N,out]."""
+
+    def __init__(self, out: int, width: int = 32, hidden: int = 256, extra: int = 0):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 4, 2, 1), nn.ReLU(),  # 14x14
+            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.ReLU(),  # 7x7
+            nn.Flatten(),
+        )
+        self.head = nn.Sequential(
+            nn.Linear(2 * width * 49 + extra, hidden), nn.ReLU(), nn.Linear(hidden, out)
+        )
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x)
+        if extra is not None:
+            h = torch.cat([h, extra], dim=1)
+        return self.head(h)
+
+
+class ConvDecoder(nn.Module):
+    """[N,in] -> logits [N,1,28,28]."""
+
+    def __init__(self, latent: int, width: int = 32, hidden: int = 256):
+        super().__init__()
+        self.width = width
+        self.net = nn.Sequential(
+            nn.Linear(latent, hidden), nn.ReLU(),
+            nn.Linear(hidden, 2 * width * 49), nn.ReLU(),
+            nn.Unflatten(1, (2 * width, 7, 7)),
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.ReLU(),  # 14x14
+            nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(),
+            nn.ConvTranspose2d(width, 1, 4, 2, 1),  # 28x28 logits
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+BATCH_AXIS = {0: "N"}
+
+
+class Autoencoder(nn.Module):
+    """Deterministic AE, trained with per-pixel BCE (sharper than MSE on near-binary digits)."""
+
+    task = "autoencoder"
+
+    def __init__(self, latent_dim: int = 16, width: int = 32, hidden: int = 256):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.encoder = ConvEncoder(latent_dim, width, hidden)
+        self.decoder = ConvDecoder(latent_dim, width, hidden)
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.decoder(self.encoder(batch.inputs))
+        bce = F.binary_cross_entropy_with_logits(logits, batch.target)
+        mse = F.mse_loss(torch.sigmoid(logits), batch.target)
+        return bce, {"bce": bce.item(), "mse": mse.item()}
+
+    def graphs(self) -> dict[str, Graph]:
+        image = torch.rand(2, 1, 28, 28)
+        z = torch.randn(2, self.latent_dim)
+        return {
+            "encoder": Graph(self.encoder, (image,), ["image"], ["latent"],
+                             {"image": BATCH_AXIS, "latent": BATCH_AXIS}),
+            "decoder": Graph(_Sigmoid(self.decoder), (z,), ["latent"], ["image"],
+                             {"latent": BATCH_AXIS, "image": BATCH_AXIS}),
+        }
+
+
+class VAE(nn.Module):
+    """Convolutional VAE with a Bernoulli decoder; optionally class-conditioned (CVAE)."""
+
+    task = "vae"
+
+    def __init__(self, latent_dim: int = 16, width: int = 32, hidden: int = 256,
+                 conditional: bool = False, beta: float = 1.0):
+        super().__init__()
+        self.latent_dim, self.conditional, self.beta = latent_dim, conditional, beta
+        extra = NUM_CLASSES if conditional else 0
+        self.encoder = ConvEncoder(2 * latent_dim, width, hidden, extra=extra)
+        self.decoder = ConvDecoder(latent_dim + extra, width, hidden)
+        self.kl_weight = 1.0  # set by the trainer during KL warm-up
+        if conditional:
+            self.task = "cvae"
+
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        h = self.encoder(x, one_hot(labels) if self.conditional else None)
+        mean, logvar = h.chunk(2, dim=1)
+        return mean, logvar
+
+    def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.conditional:
+            z = torch.cat([z, one_hot(labels)], dim=1)
+        return self.decoder(z)
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        labels = batch.labels if self.conditional else None
+        mean, logvar = self.encode(batch.inputs, labels)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()  # reparameterization
+        logits = self.decode_logits(z, labels)
+        rec = F.binary_cross_entropy_with_logits(logits, batch.target, reduction="none")
+        rec = rec.flatten(1).sum(1)
+        kl = kl_standard_normal(mean, logvar)
+        loss = (rec + self.beta * self.kl_weight * kl).mean()
+        elbo = -(rec + kl).mean()
+        return loss, {"rec": rec.mean().item(), "kl": kl.mean().item(), "neg_elbo": -elbo.item()}
+
+    def graphs(self) -> dict[str, Graph]:
+        image = torch.rand(2, 1, 28, 28)
+        z = torch.randn(2, self.latent_dim)
+        labels = torch.tensor([3, 7])
+        axes = {n: BATCH_AXIS for n in ("image", "label", "latent", "mean", "logvar", "logits")}
+        if self.conditional:
+            return {
+                "encoder": Graph(_CondEncoder(self), (image, labels), ["image", "label"],
+                                 ["mean", "logvar"], axes),
+                "decoder": Graph(_CondDecoder(self), (z, labels), ["latent", "label"],
+                                 ["image", "logits"], axes),
+            }
+        return {
+            "encoder": Graph(_Encoder(self), (image,), ["image"], ["mean", "logvar"], axes),
+            "decoder": Graph(_Decoder(self), (z,), ["latent"], ["image", "logits"], axes),
+        }
+
+
+class Denoiser(nn.Module):
+    """Blind denoiser: a residual conv stack with dilations for a wide receptive field."""
+
+    task = "denoise"
+
+    def __init__(self, width: int = 24, dilations: tuple[int, ...] = (1, 2, 4, 8, 2, 1)):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(1, width, 3, 1, 1), nn.ReLU()]
+        for d in dilations:
+            layers += [nn.Conv2d(width, width, 3, 1, d, dilation=d), nn.ReLU()]
+        layers.append(nn.Conv2d(width, 1, 3, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        # Predict a correction in logit space around the noisy input; sigmoid keeps [0,1].
+        return torch.logit(x.clamp(0.02, 0.98)) + self.net(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.forward_logits(x))
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.forward_logits(batch.inputs)
+        mse = F.mse_loss(torch.sigmoid(logits), batch.target)
+        return mse, {"mse": mse.item()}
+
+    def graphs(self) -> dict[str, Graph]:
+        axes = {"image": {0: "N", 2: "H", 3: "W"}}
+        return {"model": Graph(self, (torch.rand(2, 1, 28, 28),), ["image"], ["output"], axes)}
+
+
+class Upscaler(nn.Module):
+    """Sub-pixel super-resolution: convs at low resolution, then PixelShuffle by `scale`."""
+
+    task = "upscale"
+
+    def __init__(self, scale: int = 2, width: int = 48, depth: int = 4):
+        super().__init__()
+        self.scale = scale
+        layers: list[nn.Module] = [nn.Conv2d(1, width, 5, 1, 2), nn.ReLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Conv2d(width, width, 3, 1, 1), nn.ReLU()]
+        layers += [nn.Conv2d(width, scale * scale, 3, 1, 1), nn.PixelShuffle(scale)]
+        self.net = nn.Sequential(*layers)
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        base = F.interpolate(x, scale_factor=self.scale, mode="nearest")
+        return torch.logit(base.clamp(0.02, 0.98)) + self.net(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.forward_logits(x))
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        mse = F.mse_loss(self(batch.inputs), batch.target)
+        return mse, {"mse": mse.item()}
+
+    def graphs(self) -> dict[str, Graph]:
+        small = 28 // self.scale
+        axes = {"image": {0: "N", 2: "H", 3: "W"}}
+        return {"model": Graph(self, (torch.rand(2, 1, small, small),), ["image"], ["output"],
+                               axes)}
+
+
+# Export wrappers: one forward each, so ONNX graphs have exactly the contract's signature.
+class _Sigmoid(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.inner(z))
+
+
+class _Encoder(nn.Module):
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image: torch.Tensor):
+        return self.vae.encode(image)
+
+
+class _Decoder(_Encoder):
+    def forward(self, z: torch.Tensor):
+        logits = self.vae.decode_logits(z)
+        return torch.sigmoid(logits), logits
+
+
+class _CondEncoder(_Encoder):
+    def forward(self, image: torch.Tensor, label: torch.Tensor):
+        return self.vae.encode(image, label)
+
+
+class _CondDecoder(_Encoder):
+    def forward(self, z: torch.Tensor, label: torch.Tensor):
+        logits = self.vae.decode_logits(z, label)
+        return torch.sigmoid(logits), logits
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "ae": lambda **kw: Autoencoder(**{"latent_dim": 16, **kw}),
+    "vae": lambda **kw: VAE(**{"latent_dim": 16, **kw}),
+    "vae2d": lambda **kw: VAE(**{"latent_dim": 2, **kw}),
+    "cvae": lambda **kw: VAE(**{"latent_dim": 16, "conditional": True, **kw}),
+    "denoiser": lambda **kw: Denoiser(**kw),
+    "upscaler_x2": lambda **kw: Upscaler(**{"scale": 2, **kw}),
+    "upscaler_x4": lambda **kw: Upscaler(**{"scale": 4, "width": 64, "depth": 6, **kw}),
+}
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return MODELS[name](**kwargs)
