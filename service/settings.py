@@ -1,0 +1,110 @@
+"""Service configuration: one frozen object read from `AE_*` environment variables.
+
+Every limit the API documents lives here, with its default, so that operators
+tune the service without touching code. Read once per process
+(`get_settings()`); tests build their own with `Settings.from_env(environ)`.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| `AE_MODELS_DIR` | `<repo>/exported_models` | folder holding `manifest.json` |
+| `AE_API_KEY` | unset | when set, `Authorization: Bearer <key>` is required |
+| `AE_MAX_BATCH` | 2048 | images (or latent rows) per request |
+| `AE_MAX_N` | 1024 | `n` for `generate` |
+| `AE_MAX_IMAGE_SIDE` | 512 | height or width of an input image, pixels |
+| `AE_MAX_PIXELS` | 16777216 | output pixels per request (N x H x W after upscaling) |
+| `AE_MAX_REQUEST_BYTES` | 33554432 | request body size; larger bodies get 413 unread |
+| `AE_WORKERS` | 1 | BentoML worker processes |
+| `AE_THREADS` | cores // workers | onnxruntime intra-op threads per session |
+| `AE_BATCH_ROWS` | 1024 | most rows the micro-batcher merges into one onnxruntime call |
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "AE_"
+
+
+def available_cores() -> int:
+    """CPU cores this process may use: affinity mask, capped by a cgroup v2 quota if any."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{PREFIX}{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{PREFIX}{name}={value} must be >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about the service; see the module docstring for variables."""
+
+    models_dir: Path = REPO_ROOT / "exported_models"
+    api_key: str | None = None
+    max_batch: int = 2048
+    max_n: int = 1024
+    max_image_side: int = 512
+    max_pixels: int = 1 << 24
+    max_request_bytes: int = 32 << 20
+    workers: int = 1
+    threads: int = 1
+    batch_rows: int = 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `env` (default `os.environ`); raise ValueError on a bad value."""
+        env = os.environ if env is None else env
+        workers = _int(env, "WORKERS", 1)
+        threads = _int(env, "THREADS", max(1, available_cores() // workers))
+        models_dir = env.get(PREFIX + "MODELS_DIR") or str(cls.models_dir)
+        return cls(
+            models_dir=Path(models_dir).expanduser().resolve(),
+            api_key=env.get(PREFIX + "API_KEY") or None,
+            max_batch=_int(env, "MAX_BATCH", cls.max_batch),
+            max_n=_int(env, "MAX_N", cls.max_n),
+            max_image_side=_int(env, "MAX_IMAGE_SIDE", cls.max_image_side),
+            max_pixels=_int(env, "MAX_PIXELS", cls.max_pixels),
+            max_request_bytes=_int(env, "MAX_REQUEST_BYTES", cls.max_request_bytes),
+            workers=workers,
+            threads=threads,
+            batch_rows=_int(env, "BATCH_ROWS", cls.batch_rows),
+        )
+
+    def limits(self) -> dict[str, int]:
+        """The documented limits, as served under `/models`."""
+        return {
+            "max_batch": self.max_batch,
+            "max_n": self.max_n,
+            "max_image_side": self.max_image_side,
+            "max_pixels": self.max_pixels,
+            "max_request_bytes": self.max_request_bytes,
+        }
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings.from_env()
