@@ -50,11 +50,11 @@ class ManifestError(Exception):
     """The manifest or one of the files it names cannot be trusted."""
 
 
-class ChecksumMismatch(ManifestError):
+class ChecksumMismatch(ManifestError):  # noqa: N818
     """A model file's sha256 differs from the one recorded in the manifest."""
 
 
-class MissingModelFile(ManifestError):
+class MissingModelFile(ManifestError):  # noqa: N818
     """A model file named in the manifest is absent."""
 
 
