@@ -62,7 +62,10 @@ def _files(shas: list[str]) -> dict[str, IdxFile]:
         ("test-images", "t10k-images-idx3-ubyte", "images", 10_000),
         ("test-labels", "t10k-labels-idx1-ubyte", "labels", 10_000),
     ]
-    return {key: IdxFile(name, kind, n, sha) for (key, name, kind, n), sha in zip(names, shas)}
+    return {
+        key: IdxFile(name, kind, n, sha)
+        for (key, name, kind, n), sha in zip(names, shas, strict=True)
+    }
 
 
 # sha256 of the decompressed IDX files (see shared/data/SOURCES.md).

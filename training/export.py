@@ -15,6 +15,7 @@ import datetime as dt
 import fcntl
 import io
 import logging
+import shutil
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -111,9 +112,9 @@ def parity(graph: Graph, path: Path, inputs: tuple[torch.Tensor, ...]) -> float:
         expected = graph.module(*inputs)
     expected = expected if isinstance(expected, tuple) else (expected,)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {name: t.numpy() for name, t in zip(graph.input_names, inputs)}
+    feeds = {name: t.numpy() for name, t in zip(graph.input_names, inputs, strict=False)}
     got = session.run(None, feeds)
-    return max(float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got))
+    return max(float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got, strict=False))
 
 
 def export_model(result: TrainResult, out_root: Path, parity_images: np.ndarray) -> ModelEntry:
@@ -135,7 +136,8 @@ def export_model(result: TrainResult, out_root: Path, parity_images: np.ndarray)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         files[role] = GraphFile(
             path=rel, sha256=sha256_file(path), size_bytes=path.stat().st_size,
-            inputs=_tensor_specs(session.get_inputs()), outputs=_tensor_specs(session.get_outputs()),
+            inputs=_tensor_specs(session.get_inputs()),
+            outputs=_tensor_specs(session.get_outputs()),
         )
     training = TrainingInfo(
         epochs=result.epochs_run, seed=config.seed, optimizer="AdamW + OneCycleLR",
@@ -207,15 +209,25 @@ def build_tiny_model_set(root: Path, datasets: tuple[str, ...] = ("mnist",),
                          seed: int = 0) -> Manifest:
     """Small, briefly trained versions of every model on synthetic data, exported for real.
 
-    For tests: seconds, no data files needed, but the same exporter, checks and manifest.
+    For tests: no data files needed, but the same exporter, checks and manifest. The
+    graphs are exported once and filed under every dataset (exports dominate the time).
     """
     root = Path(root)
+    first, *others = datasets
     entries = []
-    for dataset in datasets:
-        for name, kwargs in TINY_KWARGS.items():
-            config = TrainConfig(model=name, dataset=dataset, epochs=1, batch_size=64, lr=3e-3,
-                                 seed=seed, synthetic=True, model_kwargs=kwargs, threads=1,
-                                 runs_dir=str(root / "_runs"))
-            result = train(config, progress=False)
-            entries.append(export_model(result, root, result.sample_images[:8]))
+    for name, kwargs in TINY_KWARGS.items():
+        config = TrainConfig(model=name, dataset=first, epochs=1, batch_size=64, lr=3e-3,
+                             seed=seed, synthetic=True, model_kwargs=kwargs, threads=1,
+                             runs_dir=str(root / "_runs"))
+        result = train(config, progress=False)
+        entries.append(export_model(result, root, result.sample_images[:8]))
+    for dataset in others:
+        for entry in entries[: len(TINY_KWARGS)]:
+            files = {}
+            for role, graph in entry.files.items():
+                rel = graph.path.replace(f"{first}/", f"{dataset}/", 1)
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(root / graph.path, root / rel)
+                files[role] = graph.model_copy(update={"path": rel})
+            entries.append(entry.model_copy(update={"dataset": dataset, "files": files}))
     return record(root, entries)

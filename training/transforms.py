@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def gaussian_noise(x: np.ndarray, sigma: float | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def gaussian_noise(
+    x: np.ndarray, sigma: float | np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Add N(0, sigma^2) per pixel, then clip to [0,1]. `sigma` may be one value per image."""
     sigma = np.asarray(sigma, dtype=np.float32)
     if sigma.ndim == 1:
