@@ -248,7 +248,11 @@ def read_image(
     """
     try:
         image = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
-    except (UnidentifiedImageError, OSError, ValueError):
+    except Image.DecompressionBombError:
+        raise TooLarge(
+            field, f"image canvas is over the limit of {max_side} pixels a side"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise BadInput(field, "not a PNG or JPEG image") from None
     width, height = image.size
     if width > max_side or height > max_side:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import secrets
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -47,8 +47,13 @@ class _Job:
 class Batcher:
     """Merge concurrent runs of one graph on same-shaped inputs into one onnxruntime call."""
 
-    def __init__(self, max_rows: int = 1024):
+    def __init__(
+        self,
+        max_rows: int = 1024,
+        observe: Callable[[Graph, int, int], None] | None = None,
+    ):
         self.max_rows = max_rows
+        self.observe = observe  # (graph, requests, rows) after each call, e.g. a metric
         self._queues: dict[Hashable, deque[_Job]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._lock: asyncio.Lock | None = None
@@ -111,7 +116,10 @@ class Batcher:
         """Runs on the executor thread. A failing merged batch is retried job by job,
         so one request's problem never fails its neighbours."""
         self.calls += 1
-        self.rows += sum(j.rows for j in jobs)
+        rows = sum(j.rows for j in jobs)
+        self.rows += rows
+        if self.observe is not None:
+            self.observe(graph, len(jobs), rows)
         if len(jobs) == 1:
             try:
                 return [graph.run(jobs[0].feeds)]
@@ -133,10 +141,15 @@ class Batcher:
 class Engine:
     """The service's operations on numpy arrays; see the module docstring."""
 
-    def __init__(self, registry: Registry, settings: Settings):
+    def __init__(
+        self,
+        registry: Registry,
+        settings: Settings,
+        observe: Callable[[Graph, int, int], None] | None = None,
+    ):
         self.registry = registry
         self.settings = settings
-        self.batcher = Batcher(max_rows=settings.batch_rows)
+        self.batcher = Batcher(max_rows=settings.batch_rows, observe=observe)
 
     async def _run(
         self, graph: Graph, feeds: dict[str, np.ndarray], field: str = "images"

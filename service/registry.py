@@ -85,6 +85,13 @@ class Graph:
         return dict(zip(self.output_names, values, strict=True))
 
 
+def verify_models(root: Path) -> Manifest:
+    """Load the manifest and check every file's sha256; ManifestError naming the bad file."""
+    manifest = load_manifest(Path(root))
+    verify_files(manifest, Path(root))
+    return manifest
+
+
 class Registry:
     """The served models: manifest entries and their open graphs, keyed by dataset and name."""
 
@@ -97,8 +104,7 @@ class Registry:
     def open(cls, root: Path, threads: int = 1) -> Registry:
         """Load and verify `root/manifest.json`, then open every graph; ManifestError if unsafe."""
         root = Path(root)
-        manifest = load_manifest(root)
-        verify_files(manifest, root)
+        manifest = verify_models(root)
         options = session_options(threads)
         graphs: dict[tuple[str, str, str], Graph] = {}
         for entry in manifest.models:

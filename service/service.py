@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import bentoml
 import orjson
+import pydantic
 from bentoml.validators import ContentType
 from starlette.responses import Response
 
@@ -26,7 +27,7 @@ from service import handlers
 from service.errors import ServiceError
 from service.inference import Engine
 from service.middleware import GateMiddleware
-from service.registry import Registry
+from service.registry import Graph, Registry, verify_models
 from service.schemas import (
     DecodeOptions,
     DecodeRequest,
@@ -45,9 +46,41 @@ from service.schemas import (
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+
+class _QuietClientErrors(logging.Filter):
+    """BentoML logs a full traceback for every request that fails validation (a 400):
+    one warning line says enough about a client's mistake."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, pydantic.ValidationError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = f"{record.msg}: 400, {exc.error_count()} invalid field(s)"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_QuietClientErrors())
 settings = get_settings()
+# `bentoml serve` and `bentoml build` import this module before any worker starts: a missing or
+# tampered model file stops them here, with its name, instead of in a worker restart loop.
+verify_models(settings.models_dir)
+BATCH_REQUESTS = bentoml.metrics.Histogram(
+    name="ae_batch_requests",
+    documentation="Requests merged into one onnxruntime call (adaptive batching)",
+    labelnames=["dataset", "model", "role"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 FileBody = Annotated[bytes, ContentType("application/octet-stream")]
 FileOut = Annotated[Path, ContentType("image/png")]
+
+
+def _observe_batch(graph: Graph, requests: int, rows: int) -> None:
+    entry = graph.entry
+    BATCH_REQUESTS.labels(dataset=entry.dataset, model=entry.name, role=graph.role).observe(
+        requests
+    )
 
 
 @bentoml.service(
@@ -62,7 +95,7 @@ class Autoencoders:
     def __init__(self) -> None:
         self.settings = get_settings()
         self.registry = Registry.open(self.settings.models_dir, threads=self.settings.threads)
-        self.engine = Engine(self.registry, self.settings)
+        self.engine = Engine(self.registry, self.settings, observe=_observe_batch)
 
     async def _answer(self, ctx: bentoml.Context, reply: Awaitable[handlers.Reply], fmt=None):
         """Await a handler, render its reply, or turn a domain error into its 4xx."""

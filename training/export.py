@@ -112,9 +112,9 @@ def parity(graph: Graph, path: Path, inputs: tuple[torch.Tensor, ...]) -> float:
         expected = graph.module(*inputs)
     expected = expected if isinstance(expected, tuple) else (expected,)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {name: t.numpy() for name, t in zip(graph.input_names, inputs, strict=False)}
+    feeds = {name: t.numpy() for name, t in zip(graph.input_names, inputs, strict=True)}
     got = session.run(None, feeds)
-    return max(float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got, strict=False))
+    return max(float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got, strict=True))
 
 
 def export_model(result: TrainResult, out_root: Path, parity_images: np.ndarray) -> ModelEntry:

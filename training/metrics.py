@@ -111,15 +111,16 @@ def frechet_distance_gaussians(
     mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray
 ) -> float:
     """Closed form between N(mu_a, cov_a) and N(mu_b, cov_b)."""
-    cov_a, cov_b = np.atleast_2d(cov_a), np.atleast_2d(cov_b)
+    cov_a = np.atleast_2d(np.asarray(cov_a, np.float64))
+    cov_b = np.atleast_2d(np.asarray(cov_b, np.float64))
     diff = np.asarray(mu_a, np.float64) - np.asarray(mu_b, np.float64)
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():
-        # Near-singular product: regularise as in the reference FID code.
-        eps = 1e-6 * np.eye(len(cov_a))
-        covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
-    covmean = np.real(covmean)  # tiny imaginary parts are numerical noise
-    value = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean)
+    # Tr (S_a S_b)^1/2 = sum of sqrt eigenvalues of S_a^1/2 S_b S_a^1/2, a symmetric PSD
+    # matrix: stabler than sqrtm of the non-symmetric product, and never complex.
+    evals, evecs = linalg.eigh(cov_a)
+    root_a = (evecs * np.sqrt(np.clip(evals, 0, None))) @ evecs.T
+    inner = linalg.eigvalsh(root_a @ cov_b @ root_a)
+    trace_covmean = np.sum(np.sqrt(np.clip(inner, 0, None)))
+    value = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_covmean
     return float(max(value, 0.0))
 
 

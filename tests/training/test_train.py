@@ -67,7 +67,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "evaluate_loss", real_eval)
     resumed = train(config(tmp_path / "b", epochs=2, patience=9), resume=True, progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
-    for a, b in zip(full.history, resumed.history, strict=False):
+    for a, b in zip(full.history, resumed.history, strict=True):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
 
 
