@@ -59,7 +59,8 @@ def tiny_models_dir(
     if not (cache / "manifest.json").is_file():
         build = tmp_path_factory.mktemp("tiny_build")
         build_tiny_model_set(build, datasets=TINY_DATASETS)
-        shutil.rmtree(cache, ignore_errors=True)
+        for stale in cache.parent.iterdir():
+            shutil.rmtree(stale, ignore_errors=True)
         shutil.copytree(build, cache, ignore=shutil.ignore_patterns("_runs", ".*"))
     shutil.copytree(cache, root, dirs_exist_ok=True)
     return root

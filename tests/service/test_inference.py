@@ -1,0 +1,124 @@
+"""Engine and batcher without HTTP: merging, isolation, determinism, model checks."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.errors import BadInput, TooLarge, UnknownModel
+from service.inference import Batcher, Engine
+from service.registry import Registry
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models_dir: Path) -> Engine:
+    settings = Settings(models_dir=tiny_models_dir, max_n=64, max_pixels=100_000)
+    return Engine(Registry.open(tiny_models_dir), settings)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_are_merged(engine: Engine, digit_images, reference):
+    images = digit_images[:24, None]
+    calls_before = engine.batcher.calls
+
+    async def burst():
+        jobs = [engine.encode(images[i : i + 1], model="vae", dataset="mnist") for i in range(24)]
+        return await asyncio.gather(*jobs)
+
+    results = run(burst())
+    assert engine.batcher.calls - calls_before < 24  # merged into fewer onnxruntime calls
+    mean, logvar = reference.run("mnist", "vae", "encoder", images)
+    np.testing.assert_allclose(np.concatenate([r["latents"] for r in results]), mean, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([r["logvar"] for r in results]), logvar, atol=1e-5)
+
+
+class _Graph:
+    """A stand-in graph that fails on any batch holding a negative number."""
+
+    def run(self, feeds):
+        x = feeds["x"]
+        if (x < 0).any():
+            raise RuntimeError("negative")
+        return {"y": x * 2}
+
+
+def test_one_bad_job_does_not_fail_its_batch():
+    batcher = Batcher(max_rows=100)
+    graph = _Graph()
+
+    async def burst():
+        jobs = [batcher.run(graph, {"x": np.full((2, 3), v, np.float32)}) for v in (1, -1, 3)]
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    good, bad, also_good = run(burst())
+    np.testing.assert_array_equal(good["y"], np.full((2, 3), 2))
+    assert isinstance(bad, RuntimeError)
+    np.testing.assert_array_equal(also_good["y"], np.full((2, 3), 6))
+
+
+def test_batches_respect_max_rows():
+    seen = []
+    batcher = Batcher(max_rows=4, observe=lambda graph, requests, rows: seen.append(rows))
+    graph = _Graph()
+
+    async def burst():
+        return await asyncio.gather(
+            *[batcher.run(graph, {"x": np.ones((3, 2), np.float32)}) for _ in range(3)]
+        )
+
+    run(burst())
+    assert seen == [3, 3, 3]
+
+
+def test_generate_is_reproducible(engine: Engine, reference):
+    first = run(engine.generate(model="vae", dataset="mnist", n=5, seed=7, temperature=0.8))
+    again = run(engine.generate(model="vae", dataset="mnist", n=5, seed=7, temperature=0.8))
+    np.testing.assert_array_equal(first["images"], again["images"])
+    z = (np.random.default_rng(7).standard_normal((5, 16)) * 0.8).astype(np.float32)
+    np.testing.assert_array_equal(first["latents"], z)
+    image, _logits = reference.run("mnist", "vae", "decoder", z)
+    np.testing.assert_allclose(first["images"], image[:, 0], atol=1e-5)
+    other = run(engine.generate(model="vae", dataset="mnist", n=5, seed=8))
+    assert not np.array_equal(first["images"], other["images"])
+
+
+def test_generate_variants(engine: Engine):
+    grid = run(engine.generate(model="vae2d", dataset="mnist", grid=4))
+    assert grid["images"].shape == (16, 28, 28) and grid["columns"] == 4 and grid["seed"] is None
+    assert grid["latents"][0].tolist() == [-2.0, 2.0]  # top-left corner
+    cvae = run(engine.generate(model="cvae", dataset="mnist", n=12, seed=0))
+    assert cvae["labels"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    three = run(engine.generate(model="cvae", dataset="mnist", n=3, seed=0, label=3))
+    assert three["labels"].tolist() == [3, 3, 3]
+    for kwargs, field in [
+        ({"model": "ae"}, "model"),
+        ({"model": "vae", "grid": 3}, "grid"),
+        ({"model": "vae", "label": 2}, "label"),
+        ({"model": "cvae", "label": 10}, "label"),
+        ({"model": "vae", "latents": np.zeros((2, 3))}, "latents"),
+    ]:
+        with pytest.raises(BadInput) as err:
+            run(engine.generate(dataset="mnist", **kwargs))
+        assert err.value.field == field
+    with pytest.raises(TooLarge):
+        run(engine.generate(model="vae", dataset="mnist", n=65))
+
+
+def test_model_checks(engine: Engine, digit_images):
+    with pytest.raises(BadInput, match="28x28"):
+        run(engine.encode(np.zeros((1, 1, 20, 20), np.float32), model="ae", dataset="mnist"))
+    with pytest.raises(BadInput, match="not conditional"):
+        run(engine.encode(digit_images[:1, None], model="ae", dataset="mnist", labels=[1]))
+    with pytest.raises(BadInput, match="factor"):
+        run(engine.upscale(digit_images[:1, None], factor=3, dataset="mnist"))
+    with pytest.raises(TooLarge, match="output pixels"):
+        run(engine.upscale(np.zeros((10, 1, 64, 64), np.float32), factor=4, dataset="mnist"))
+    with pytest.raises(UnknownModel):
+        run(engine.decode(np.zeros((1, 16), np.float32), model="gan", dataset="mnist"))
