@@ -109,6 +109,17 @@ def server(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     stop_server(running)
 
 
+@pytest.fixture(scope="module")
+def keyed_server(
+    tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The same service with AE_API_KEY set (see test_auth.py for the key)."""
+    key = "test-key-0123456789abcdef"
+    running = start_server(tiny_models_dir, tmp_path_factory.mktemp("keyed"), AE_API_KEY=key)
+    yield running
+    stop_server(running)
+
+
 @pytest.fixture(scope="session")
 def http(server: Server) -> Iterator[httpx.Client]:
     with server.client() as client:
@@ -136,3 +147,13 @@ class Reference:
 @pytest.fixture(scope="session")
 def reference(tiny_models_dir: Path) -> Reference:
     return Reference(tiny_models_dir)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Silence deprecation chatter from BentoML's own dependencies."""
+    for pattern in (
+        "ignore:GitWildMatchPattern:DeprecationWarning",
+        "ignore:Using `httpx`:DeprecationWarning",
+        "ignore:The `__get_pydantic_core_schema__`:DeprecationWarning",
+    ):
+        config.addinivalue_line("filterwarnings", pattern)

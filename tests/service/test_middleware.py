@@ -11,8 +11,6 @@ from starlette.testclient import TestClient
 
 from service.middleware import GateMiddleware
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx`")
-
 
 async def echo(request: Request) -> JSONResponse:
     body = await request.body()
