@@ -109,3 +109,30 @@ def test_unknown_models_are_refused(tiny_models_dir, small_data):
 
 def test_manifest_stays_valid_json(evaluated):
     json.loads(Path(evaluated, "manifest.json").read_text())
+
+
+def test_card_reports_every_metric_beside_its_baselines(evaluated):
+    from training.card import write_card
+
+    text = write_card(evaluated).read_text()
+    manifest = load_manifest(evaluated)
+    assert "## mnist" in text and "## fashion-mnist" in text
+    assert "*not evaluated yet*" in text  # the fashion-mnist half was left alone
+    ae = manifest.get("mnist", "ae")
+    assert f"**{ae.metrics['mse']:.4f}**" in text
+    assert f"PCA-16 {ae.baselines['mse']['pca_16']:.4f}" in text
+    assert "<= 0.0070" in text and "CC BY-SA 3.0" in text
+    assert "python -m training train --dataset mnist --model denoiser" in text
+
+
+def test_figures_are_drawn_from_the_onnx_models(evaluated, small_data, tmp_path):
+    from training.card import write_card
+    from training.figures import make_figures
+
+    paths = make_figures("mnist", evaluated, None, threads=1, data=small_data)
+    names = {p.name for p in paths}
+    assert {"reconstructions.png", "denoising.png", "upscaling.png", "cvae_samples.png",
+            "vae2d_latent_map.png", "vae2d_manifold.png"} <= names
+    assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    assert all(p.parent == evaluated / "mnist" / "figures" for p in paths)
+    assert "](mnist/figures/cvae_samples.png)" in write_card(evaluated).read_text()
