@@ -17,7 +17,7 @@ EXPECTED_METRICS = {
     "ae": {"mse", "psnr_db", "ssim", "knn_accuracy"},
     "vae": {"mse", "psnr_db", "ssim", "knn_accuracy", "nll_iwae_nats", "nll_elbo_nats"},
     "vae2d": {"mse", "psnr_db", "ssim", "knn_accuracy", "nll_iwae_nats", "nll_elbo_nats"},
-    "cvae": {"class_accuracy", "frechet_distance", "nll_iwae_nats", "nll_elbo_nats"},
+    "cvae": {"class_accuracy", "frechet_distance", "nll_iwae_nats", "nll_elbo_nats"},  # cvae_nll
     "denoiser": {f"{m}_{c}" for m in ("psnr", "ssim")
                  for c in ("gaussian_0.3", "gaussian_0.5", "salt_pepper_0.2")},
     "upscaler_x2": {"psnr_db", "ssim"},
@@ -45,7 +45,7 @@ def evaluated(tiny_models_dir, small_data, small_classifier, tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluated") / "models"
     shutil.copytree(tiny_models_dir, root)
     evaluate.evaluate_models("mnist", root, None, iwae_k=8, threads=1, data=small_data,
-                             classifier=small_classifier)
+                             classifier=small_classifier, cvae_nll=True)
     return root
 
 
