@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,7 @@ class Batcher:
         self,
         max_rows: int = 1024,
         observe: Callable[[Graph, int, int], None] | None = None,
+        inline_seconds: float = 1e-3,
     ):
         self.max_rows = max_rows
         self.observe = observe  # (graph, requests, rows) after each call, e.g. a metric
@@ -58,6 +60,8 @@ class Batcher:
         self._tasks: set[asyncio.Task] = set()
         self._lock: asyncio.Lock | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self.inline_seconds = inline_seconds
+        self._row_cost: dict[int, float] = {}  # graph id -> seconds per row (moving average)
         self.calls = 0  # onnxruntime calls made, for tests and metrics
         self.rows = 0
 
@@ -86,9 +90,12 @@ class Batcher:
                     if not jobs:
                         continue
                     try:
-                        results = await loop.run_in_executor(
-                            self._executor, self._run_jobs, graph, jobs
-                        )
+                        if self._cheap(graph, jobs):
+                            results = self._run_jobs(graph, jobs)
+                        else:
+                            results = await loop.run_in_executor(
+                                self._executor, self._run_jobs, graph, jobs
+                            )
                     except Exception as err:
                         results = [err] * len(jobs)
                 for job, result in zip(jobs, results, strict=True):
@@ -100,6 +107,12 @@ class Batcher:
                         job.future.set_result(result)
         finally:
             del self._queues[key]  # no await since `while queue` was false: nothing was added
+
+    def _cheap(self, graph: Graph, jobs: list[_Job]) -> bool:
+        """True when the call is predicted to take under `inline_seconds`: then it runs on the
+        event loop, since handing it to the executor thread costs about as much as running it."""
+        cost = self._row_cost.get(id(graph))
+        return cost is not None and cost * sum(j.rows for j in jobs) <= self.inline_seconds
 
     def _take(self, queue: deque[_Job]) -> list[_Job]:
         jobs: list[_Job] = []
@@ -113,23 +126,29 @@ class Batcher:
         return jobs
 
     def _run_jobs(self, graph: Graph, jobs: list[_Job]) -> list[dict[str, np.ndarray] | Exception]:
-        """Runs on the executor thread. A failing merged batch is retried job by job,
-        so one request's problem never fails its neighbours."""
+        """Run merged jobs (on the executor thread, or inline when cheap). A failing merged
+        batch is retried job by job, so one request's problem never fails its neighbours."""
         self.calls += 1
         rows = sum(j.rows for j in jobs)
         self.rows += rows
         if self.observe is not None:
             self.observe(graph, len(jobs), rows)
         if len(jobs) == 1:
-            try:
-                return [graph.run(jobs[0].feeds)]
-            except Exception as err:
-                return [err]
-        feeds = {k: np.concatenate([j.feeds[k] for j in jobs]) for k in jobs[0].feeds}
+            feeds = jobs[0].feeds
+        else:
+            feeds = {k: np.concatenate([j.feeds[k] for j in jobs]) for k in jobs[0].feeds}
+        start = time.perf_counter()
         try:
             outputs = graph.run(feeds)
-        except Exception:
+        except Exception as err:
+            if len(jobs) == 1:
+                return [err]
             return [r for job in jobs for r in self._run_jobs(graph, [job])]
+        per_row = (time.perf_counter() - start) / rows
+        old = self._row_cost.get(id(graph), per_row)
+        self._row_cost[id(graph)] = 0.8 * old + 0.2 * per_row
+        if len(jobs) == 1:
+            return [outputs]
         bounds = np.cumsum([j.rows for j in jobs])[:-1]
         split = {k: np.split(v, bounds) for k, v in outputs.items()}
         return [{k: parts[i] for k, parts in split.items()} for i in range(len(jobs))]

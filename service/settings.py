@@ -16,6 +16,8 @@ tune the service without touching code. Read once per process
 | `AE_WORKERS` | 1 | BentoML worker processes |
 | `AE_THREADS` | cores // workers | onnxruntime intra-op threads per session |
 | `AE_BATCH_ROWS` | 1024 | most rows the micro-batcher merges into one onnxruntime call |
+| `AE_ACCESS_LOG` | 0 | 1: BentoML's access log, one line per request |
+| `AE_TRACING` | 0 | 1: OpenTelemetry spans per request (set BentoML's tracing exporter) |
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ def available_cores() -> int:
     return max(1, cores)
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(PREFIX + name) or "0").strip().lower()
+    if raw not in ("0", "1", "true", "false", "yes", "no", ""):
+        raise ValueError(f"{PREFIX}{name}={raw!r} is not 0 or 1")
+    return raw in ("1", "true", "yes")
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(PREFIX + name)
     if raw is None or raw.strip() == "":
@@ -72,6 +81,8 @@ class Settings:
     workers: int = 1
     threads: int = 1
     batch_rows: int = 1024
+    access_log: bool = False
+    tracing: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -91,6 +102,8 @@ class Settings:
             workers=workers,
             threads=threads,
             batch_rows=_int(env, "BATCH_ROWS", cls.batch_rows),
+            access_log=_flag(env, "ACCESS_LOG"),
+            tracing=_flag(env, "TRACING"),
         )
 
     def limits(self) -> dict[str, int]:
