@@ -14,7 +14,10 @@ A pure ASGI middleware (no body is read unless it has to be counted):
   other type, BentoML's pickle format included, gets 415, so nothing a client
   sends is ever unpickled.
 
-Errors are JSON in the same shape as every other 4xx (`service.errors`).
+Errors are JSON in the same shape as every other 4xx (`service.errors`). BentoML's
+own 400s for requests that fail pydantic validation get their one-line `error`
+rewritten from "1 validation error for EncodeRequestIODescriptor" to the field and
+the problem ("factor: Input should be 2 or 4").
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ class GateMiddleware:
             scope = dict(scope)
             scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
             scope["headers"].append((b"content-type", canonical))
+            send = _clarifying(send)
 
         length = headers.get("content-length")
         if length is not None:
@@ -171,3 +175,44 @@ async def _respond(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def clarify_validation_error(body: bytes) -> bytes:
+    """BentoML's pydantic 400 -> our error shape, with `error` naming the fields."""
+    try:
+        data = orjson.loads(body)
+        details = data["detail"]
+        if "validation error" not in data["error"] or not isinstance(details, list):
+            return body
+        clean = []
+        for item in details:
+            loc = [str(part) for part in item.get("loc") or []] or ["body"]
+            clean.append({"loc": loc, "msg": item["msg"], "type": item.get("type", "invalid")})
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return body
+    message = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in clean)
+    return orjson.dumps({"error": message, "detail": clean})
+
+
+def _clarifying(send: Send) -> Send:
+    """Wrap `send` so that 400 answers pass through `clarify_validation_error`."""
+    held: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 400:
+            held["start"] = message
+            return None
+        if message["type"] != "http.response.body" or "start" not in held:
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return None
+        body = clarify_validation_error(b"".join(chunks))
+        start = held.pop("start")
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        return await send({"type": "http.response.body", "body": body})
+
+    return wrapped

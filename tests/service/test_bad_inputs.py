@@ -103,6 +103,7 @@ def test_bad_input(http, path, body, headers, status, field):
     assert isinstance(error["error"], str) and error["error"]
     if field is not None:
         assert field in error["detail"][0]["loc"], error
+        assert error["error"].startswith(f"{field}: "), error  # the one line names it too
 
 
 def test_still_serving_after_the_matrix(server, http, digit_images):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -9,7 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from service.middleware import GateMiddleware
+from service.middleware import GateMiddleware, clarify_validation_error
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -85,3 +86,17 @@ def test_body_size():
 
     assert http.post("/encode", content=chunks(3)).json()["size"] == 90  # chunked, under
     assert http.post("/encode", content=chunks(4)).status_code == 413  # chunked, over
+
+
+def test_validation_errors_are_clarified():
+    bentoml_400 = (
+        b'{"error": "2 validation errors for EncodeRequestIODescriptor", "detail": ['
+        b'{"type": "missing", "loc": ["images"], "msg": "Field required", "url": "u"},'
+        b'{"type": "json_invalid", "loc": [], "msg": "Invalid JSON"}]}'
+    )
+    clear = orjson.loads(clarify_validation_error(bentoml_400))
+    assert clear["error"] == "images: Field required; body: Invalid JSON"
+    assert clear["detail"][1] == {"loc": ["body"], "msg": "Invalid JSON", "type": "json_invalid"}
+    ours = b'{"error": "images: bad", "detail": []}'
+    assert clarify_validation_error(ours) == ours
+    assert clarify_validation_error(b"not json") == b"not json"
