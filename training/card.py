@@ -92,8 +92,8 @@ def _bar(entry: ModelEntry, metric: str) -> tuple[str, str]:
         op, target = bar
         value = entry.metrics[metric]
         ok = value <= target if op == "<=" else value >= target
-        miss = "" if ok else f" by {fmt_margin(metric, -abs(margin(metric, value, target)))}"
-        return f"{op} {fmt(metric, target)}", "✅ met" if ok else f"❌ missed{miss}"
+        miss = fmt_margin(metric, abs(margin(metric, value, target))).lstrip("+")
+        return f"{op} {fmt(metric, target)}", "✅ met" if ok else f"❌ missed by {miss}"
     found = entry.baselines.get(metric)
     if not found:
         return "", ""
