@@ -65,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ev)
     ev.add_argument("--models", nargs="+", choices=list(MODELS))
     ev.add_argument("--max-test", type=int, help="evaluate on the first N test images only")
-    ev.add_argument("--iwae-k", type=int, default=1000)
+    ev.add_argument("--iwae-k", type=int, default=1000, help="importance samples (0: skip NLL)")
+    ev.add_argument("--iwae-images", type=int,
+                    help="IWAE bound on the first N test images only (default: all)")
+    ev.add_argument("--cvae-nll", action="store_true", help="also the cvae's IWAE bound")
+    ev.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     fig = sub.add_parser("figures", help="draw reconstructions, samples and latent maps")
     _common(fig)
     card = sub.add_parser("card", help="write the model card from the manifest")
@@ -117,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             from training.evaluate import evaluate_models
 
             evaluate_models(args.dataset, args.out, args.data_dir, names=args.models,
-                            max_test=args.max_test, iwae_k=args.iwae_k)
+                            max_test=args.max_test, iwae_k=args.iwae_k, threads=args.threads,
+                            cvae_nll=args.cvae_nll, iwae_images=args.iwae_images)
             return 0
         if args.command == "figures":
             from training.figures import make_figures

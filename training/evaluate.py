@@ -122,9 +122,10 @@ class Context:
     """The data and the shared, lazily computed baselines of one evaluation run."""
 
     def __init__(self, dataset: str, train: Split, test: Split, other: dict[str, Split],
-                 runs_dir: Path, classifier=None):
+                 runs_dir: Path, classifier=None, iwae_images: int | None = None):
         self.dataset, self.train, self.test, self.other = dataset, train, test, other
         self.runs_dir = runs_dir
+        self.iwae_images = iwae_images  # the IWAE bound on the first N test images only
         self._pca: dict[int, baselines.PCABaseline] = {}
         self._classifier = classifier
 
@@ -222,9 +223,12 @@ def pixel_bernoulli_nll(train: np.ndarray, binary_test: np.ndarray) -> float:
 
 def _nll(model: OnnxModel, ctx: Context, k: int, conditional: bool) -> tuple[dict, dict, dict]:
     test = ctx.test
-    binary = binarize(test.images, np.random.default_rng(SEED))
+    # Binarize the whole split once, then (maybe) take the first N: the same N images
+    # and samples as a full run, since each image seeds its own samples.
+    binary = binarize(test.images, np.random.default_rng(SEED))[: ctx.iwae_images]
+    labels = test.labels[: len(binary)]
     start = time.perf_counter()
-    bound, elbo = iwae_nll(model, binary, test.labels if conditional else None, k,
+    bound, elbo = iwae_nll(model, binary, labels if conditional else None, k,
                            desc=f"{ctx.dataset}/{model.entry.name} IWAE k={k}")
     seconds = time.perf_counter() - start
     log.info("%s/%s: IWAE k=%d on %d images in %.0f s", ctx.dataset, model.entry.name, k,
@@ -233,6 +237,7 @@ def _nll(model: OnnxModel, ctx: Context, k: int, conditional: bool) -> tuple[dic
     base = {"nll_iwae_nats": {"pixel_bernoulli": pixel_bernoulli_nll(ctx.train.images, binary)}}
     info = {
         "iwae_k": k,
+        "iwae_test_images": len(binary),
         "iwae_seconds": round(seconds, 1),
         "nll_iwae_std_error": float(bound.std(ddof=1) / math.sqrt(len(bound))) if len(bound) > 1
         else None,
@@ -416,6 +421,7 @@ def evaluate_models(
     data: dict[str, Split] | None = None,
     classifier=None,
     cvae_nll: bool = False,
+    iwae_images: int | None = None,
 ) -> Manifest:
     """Evaluate the exported models of `dataset` in `models_dir`; write the results into its
     manifest and return it.
@@ -424,7 +430,8 @@ def evaluate_models(
     test split otherwise); `iwae_k` = 0 skips the likelihoods (and drops any recorded
     before: each model's figures are replaced as a whole). The IWAE bound costs about
     k decoder runs per test image (~30 min for k=1000 on 10,000 images on one core),
-    so the `cvae` gets it only with `cvae_nll`. `data` (splits) and `classifier`
+    so the `cvae` gets it only with `cvae_nll`, and `iwae_images` limits it to the first
+    N test images (recorded as `iwae_test_images`). `data` (splits) and `classifier`
     replace the real data and the cached classifier (tests); `threads` sets
     onnxruntime's intra-op threads (its default: all cores).
     """
@@ -436,7 +443,7 @@ def evaluate_models(
         raise KeyError(f"no models of {dataset!r} named {names or 'any'} in {models_dir}")
     verify_files(Manifest(created=manifest.created, models=entries), models_dir)
     train, test, other = _splits(dataset, data_dir, data, max_test)
-    ctx = Context(dataset, train, test, other, Path(runs_dir), classifier)
+    ctx = Context(dataset, train, test, other, Path(runs_dir), classifier, iwae_images)
     evaluated = []
     for entry in entries:
         start = time.perf_counter()
