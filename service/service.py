@@ -21,7 +21,10 @@ import bentoml
 import orjson
 import pydantic
 from bentoml.validators import ContentType
+from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from service import handlers
 from service.errors import ServiceError
@@ -83,11 +86,22 @@ def _observe_batch(graph: Graph, requests: int, rows: int) -> None:
     )
 
 
+async def _get_models(request: Request) -> Response:
+    """`GET /models`, for browsers and plain curl: the same answer as `POST /models`."""
+    return Response(bentoml.get_current_service().models_json, media_type=handlers.JSON)
+
+
+browse = Starlette(routes=[Route("/models", _get_models, methods=["GET"])])
+
+
+@bentoml.asgi_app(browse, path="/")
 @bentoml.service(
     name="autoencoders",
     workers=settings.workers,
     # No max_concurrency: queueing is the batcher's job, and a waiting request is served, not 503'd.
-    traffic={"timeout": 120},
+    # BentoML keeps each request's timeout timer alive until it expires (~250 B each): a short
+    # timeout bounds that memory (rate x timeout); 60 s still covers the largest allowed request.
+    traffic={"timeout": 60},
     # Per-request access logs and (unexported) spans cost a fifth of a small request's time:
     # off unless asked for. Prometheus metrics stay on.
     logging={"access": {"enabled": settings.access_log}},
@@ -100,6 +114,8 @@ class Autoencoders:
         self.settings = get_settings()
         self.registry = Registry.open(self.settings.models_dir, threads=self.settings.threads)
         self.engine = Engine(self.registry, self.settings, observe=_observe_batch)
+        payload = self.registry.manifest.model_dump(mode="json")
+        self.models_json = orjson.dumps({**payload, "limits": self.settings.limits()})
 
     async def _answer(self, ctx: bentoml.Context, reply: Awaitable[handlers.Reply], fmt=None):
         """Await a handler, render its reply, or turn a domain error into its 4xx."""
@@ -149,9 +165,7 @@ class Autoencoders:
     @bentoml.api
     async def models(self) -> ModelsResponse:
         """The manifest as served (models, metrics, checksums) and this deployment's limits."""
-        payload = self.registry.manifest.model_dump(mode="json")
-        payload["limits"] = self.settings.limits()
-        return Response(orjson.dumps(payload), media_type=handlers.JSON)
+        return Response(self.models_json, media_type=handlers.JSON)
 
     # ------------------------------------------------------------ file endpoints
 

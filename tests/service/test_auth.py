@@ -29,6 +29,8 @@ def test_key_required(keyed_server):
                 == 401
             )
         assert http.get("/docs.json").status_code == 401
+        assert http.get("/models").status_code == 401
+        assert http.get("/models", headers=good).status_code == 200
         assert http.post("/generate", json={"n": 1}, headers=good).status_code == 200
         for probe in ("/healthz", "/livez", "/readyz", "/metrics"):
             assert http.get(probe).status_code == 200, probe

@@ -168,6 +168,7 @@ def test_image_files(http, reference, digit_images):
 
 def test_models_is_the_manifest(http, reference):
     served = http.post("/models").json()
+    assert http.get("/models").json() == served
     limits = served.pop("limits")
     assert limits["max_batch"] == 256 and limits["max_n"] == 64
     assert served == reference.manifest.model_dump(mode="json")
