@@ -539,7 +539,8 @@ class Bench:
             self.rss = RssSampler(service)
             service.rss = self.rss
             self.rss.mark("ready", 0)
-            baseline = start_baseline(models_dir, self.workers, self.workdir)
+            baseline_env = dict(kv.split("=", 1) for kv in self.args.baseline_env)
+            baseline = start_baseline(models_dir, self.workers, self.workdir, baseline_env)
             self.results["figures"]["start_to_ready_s"] = {
                 "what": "Popen of `bentoml serve` to the first GET /readyz = 200, seconds",
                 "ratio": service.start_s,
@@ -603,6 +604,7 @@ def meta(bench: Bench, models_dir: Path) -> dict:
         "models_dir": str(models_dir),
         "service_root": bench.args.service_root,
         "service_env": bench.args.env,
+        "baseline_env": bench.args.baseline_env,
         "dataset": bench.dataset,
         "workers": bench.workers,
         "onnxruntime_threads": bench.threads,
@@ -687,6 +689,36 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(results: dict) -> str:
+    """The sweep as two Markdown tables (batch size; concurrency)."""
+    sweep = results["sweep"]
+    lines = [
+        "| images per request (encode, c=4) | service images/s | baseline images/s | "
+        "in-process images/s | service p99 ms | baseline p99 ms |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for batch in sorted(sweep["batch"], key=int):
+        row = sweep["batch"][batch]
+        s, b, i = row["service"], row["baseline"], row["inprocess"]
+        lines.append(
+            f"| {batch} | {s['images_s']:,.0f} | {b['images_s']:,.0f} | {i['images_s']:,.0f} | "
+            f"{s['p99']:.1f} | {b['p99']:.1f} |"
+        )
+    lines += [
+        "",
+        "| concurrency (encode, 1 image) | service req/s | baseline req/s | service p50/p99 ms | "
+        "baseline p50/p99 ms | errors (service/baseline) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in sorted(sweep["concurrency"], key=int):
+        s, b = sweep["concurrency"][c]["service"], sweep["concurrency"][c]["baseline"]
+        lines.append(
+            f"| {c} | {s['rps']:,.0f} | {b['rps']:,.0f} | {s['p50']:.1f} / {s['p99']:.1f} | "
+            f"{b['p50']:.1f} / {b['p99']:.1f} | {s['errors']} / {b['errors']} |"
+        )
+    return "\n".join(lines)
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -748,6 +780,13 @@ def main(argv: list[str] | None = None) -> int:
         help="extra environment for the service (repeatable)",
     )
     parser.add_argument(
+        "--baseline-env",
+        action="append",
+        default=[],
+        metavar="X=V",
+        help="extra environment for the baseline (repeatable)",
+    )
+    parser.add_argument(
         "--service-root",
         default=str(REPO_ROOT),
         help="run `bentoml serve` from this checkout instead (to measure a patched copy)",
@@ -780,6 +819,9 @@ def main(argv: list[str] | None = None) -> int:
         plot(results, args.plot)
     print()
     print(table(results))
+    if "sweep" in results:
+        print()
+        print(sweep_table(results))
     print(f"\nfigures: {args.out}" + (f"; plot: {args.plot}" if args.plot else ""))
     missed = [k for k, v in results["figures"].items() if not v["met"]]
     if missed:
