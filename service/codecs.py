@@ -50,7 +50,7 @@ def dumps_json(payload: dict[str, Any]) -> bytes:
 
 
 def numeric_array(value: Any, field: str) -> np.ndarray:
-    """Nested lists (or an array) -> float32 array, rejecting ragged, non-numeric and non-finite."""
+    """Nested lists (or an array) -> float32 array, rejecting ragged and non-numeric input."""
     if value is None:
         raise BadInput(field, "missing")
     try:
@@ -68,17 +68,22 @@ def numeric_array(value: Any, field: str) -> np.ndarray:
         raise BadInput(field, f"expected numbers, got {kind}")
     if array.size == 0:
         raise BadInput(field, f"empty array (shape {list(array.shape)})")
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        where = np.argwhere(~np.isfinite(array))[0].tolist()
-        raise BadInput(field, f"contains NaN or infinity (first at index {where})")
-    return array
+    return array.astype(np.float32, copy=False)
+
+
+def check_finite(array: np.ndarray, field: str) -> None:
+    """No NaN or infinity (one pass, no temporary unless something is wrong)."""
+    if not np.isfinite(array.sum(dtype=np.float64)):
+        where = np.argwhere(~np.isfinite(array))
+        if len(where):
+            raise BadInput(field, f"contains NaN or infinity (first at index {where[0].tolist()})")
 
 
 def check_unit_range(images: np.ndarray, field: str = "images") -> None:
-    """Pixels must lie in [0,1]."""
+    """Pixels must be finite and lie in [0,1] (two passes: min and max catch NaN/inf too)."""
     low, high = float(images.min()), float(images.max())
-    if low < 0.0 or high > 1.0:
+    if not (low >= 0.0 and high <= 1.0):  # also true when NaN
+        check_finite(images, field)
         hint = " (divide 0-255 images by 255)" if high > 1.0 else ""
         raise BadInput(
             field, f"pixel values must lie in [0,1], found min {low:g} and max {high:g}{hint}"
@@ -156,8 +161,7 @@ def as_latent_batch(
         raise BadInput(field, f"each latent must have {dim} values, got {array.shape[1]}")
     if array.shape[0] > max_batch:
         raise TooLarge(field, f"batch of {array.shape[0]} latents is over the limit of {max_batch}")
-    if not np.isfinite(array).all():
-        raise BadInput(field, "contains NaN or infinity")
+    check_finite(array, field)
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -232,10 +236,7 @@ def read_npy(data: bytes, *, images: bool, field: str = "body") -> np.ndarray:
         raise BadInput(field, f".npy dtype {array.dtype} not supported: send {accepted}")
     if array.size == 0:
         raise BadInput(field, f"empty array (shape {list(array.shape)})")
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        raise BadInput(field, "contains NaN or infinity")
-    return array
+    return array.astype(np.float32, copy=False)  # finiteness: checked with the range/latents
 
 
 def read_image(

@@ -151,12 +151,12 @@ def _image_reply(images: np.ndarray, default: str) -> Reply:
 
 async def denoise(engine: Engine, req: DenoiseRequest) -> Reply:
     images = codecs.images_from_json(req.images, **_limits(engine))
-    return _image_reply(await engine.denoise(images, dataset=req.dataset), "json")
+    return _image_reply(await engine.denoise(images, dataset=req.dataset, model=req.model), "json")
 
 
 async def denoise_file(engine: Engine, body: bytes, opts: DenoiseOptions) -> Reply:
     images, kind = images_from_file(engine, body)
-    out = await engine.denoise(images, dataset=opts.dataset)
+    out = await engine.denoise(images, dataset=opts.dataset, model=opts.model)
     return _image_reply(out, "npy" if kind == "npy" else "png")
 
 

@@ -50,11 +50,11 @@ class Batcher:
 
     def __init__(
         self,
-        max_rows: int = 1024,
+        max_pixels: int = 256 * 28 * 28,
         observe: Callable[[Graph, int, int], None] | None = None,
         inline_seconds: float = 1e-3,
     ):
-        self.max_rows = max_rows
+        self.max_pixels = max_pixels
         self.observe = observe  # (graph, requests, rows) after each call, e.g. a metric
         self._queues: dict[Hashable, deque[_Job]] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -65,36 +65,45 @@ class Batcher:
         self.calls = 0  # onnxruntime calls made, for tests and metrics
         self.rows = 0
 
-    async def run(self, graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run `graph` on `feeds` (all with the same batch size), possibly together with others."""
+    async def run(
+        self, graph: Graph, feeds: dict[str, np.ndarray], row_pixels: int = 28 * 28
+    ) -> dict[str, np.ndarray]:
+        """Run `graph` on `feeds` (all with the same batch size), possibly together with others.
+
+        `row_pixels` (image pixels per row, input or output, whichever is larger) sets
+        how many rows one call may carry: `max_pixels // row_pixels`. That bounds the
+        activations onnxruntime allocates, and so the memory its arena keeps; a job
+        larger than that runs in chunks.
+        """
         rows = next(iter(feeds.values())).shape[0]
         key = (id(graph), tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(feeds.items())))
         job = _Job(feeds, rows, asyncio.get_running_loop().create_future())
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()
-            task = asyncio.create_task(self._drain(key, graph, queue))
+            limit = max(1, self.max_pixels // max(1, row_pixels))
+            task = asyncio.create_task(self._drain(key, graph, queue, limit))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         queue.append(job)
         return await job.future
 
-    async def _drain(self, key: Hashable, graph: Graph, queue: deque[_Job]) -> None:
+    async def _drain(self, key: Hashable, graph: Graph, queue: deque[_Job], limit: int) -> None:
         if self._lock is None:
             self._lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
         try:
             while queue:
                 async with self._lock:  # one onnxruntime call at a time in this worker
-                    jobs = self._take(queue)
+                    jobs = self._take(queue, limit)
                     if not jobs:
                         continue
                     try:
                         if self._cheap(graph, jobs):
-                            results = self._run_jobs(graph, jobs)
+                            results = self._run_jobs(graph, jobs, limit)
                         else:
                             results = await loop.run_in_executor(
-                                self._executor, self._run_jobs, graph, jobs
+                                self._executor, self._run_jobs, graph, jobs, limit
                             )
                     except Exception as err:
                         results = [err] * len(jobs)
@@ -114,10 +123,10 @@ class Batcher:
         cost = self._row_cost.get(id(graph))
         return cost is not None and cost * sum(j.rows for j in jobs) <= self.inline_seconds
 
-    def _take(self, queue: deque[_Job]) -> list[_Job]:
+    def _take(self, queue: deque[_Job], limit: int) -> list[_Job]:
         jobs: list[_Job] = []
         rows = 0
-        while queue and (not jobs or rows + queue[0].rows <= self.max_rows):
+        while queue and (not jobs or rows + queue[0].rows <= limit):
             job = queue.popleft()
             if job.future.cancelled():  # the client went away
                 continue
@@ -125,7 +134,9 @@ class Batcher:
             rows += job.rows
         return jobs
 
-    def _run_jobs(self, graph: Graph, jobs: list[_Job]) -> list[dict[str, np.ndarray] | Exception]:
+    def _run_jobs(
+        self, graph: Graph, jobs: list[_Job], limit: int
+    ) -> list[dict[str, np.ndarray] | Exception]:
         """Run merged jobs (on the executor thread, or inline when cheap). A failing merged
         batch is retried job by job, so one request's problem never fails its neighbours."""
         self.calls += 1
@@ -139,11 +150,18 @@ class Batcher:
             feeds = {k: np.concatenate([j.feeds[k] for j in jobs]) for k in jobs[0].feeds}
         start = time.perf_counter()
         try:
-            outputs = graph.run(feeds)
+            if rows <= limit:
+                outputs = graph.run(feeds)
+            else:  # one job bigger than a call may be: run it in chunks
+                parts = [
+                    graph.run({k: v[i : i + limit] for k, v in feeds.items()})
+                    for i in range(0, rows, limit)
+                ]
+                outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         except Exception as err:
             if len(jobs) == 1:
                 return [err]
-            return [r for job in jobs for r in self._run_jobs(graph, [job])]
+            return [r for job in jobs for r in self._run_jobs(graph, [job], limit)]
         per_row = (time.perf_counter() - start) / rows
         old = self._row_cost.get(id(graph), per_row)
         self._row_cost[id(graph)] = 0.8 * old + 0.2 * per_row
@@ -168,13 +186,14 @@ class Engine:
     ):
         self.registry = registry
         self.settings = settings
-        self.batcher = Batcher(max_rows=settings.batch_rows, observe=observe)
+        self.batcher = Batcher(max_pixels=settings.batch_pixels, observe=observe)
 
     async def _run(
-        self, graph: Graph, feeds: dict[str, np.ndarray], field: str = "images"
+        self, graph: Graph, feeds: dict[str, np.ndarray], pixels: int, field: str = "images"
     ) -> dict[str, np.ndarray]:
+        """Run through the batcher; `pixels` is the larger image size per row, in or out."""
         try:
-            return await self.batcher.run(graph, feeds)
+            return await self.batcher.run(graph, feeds, row_pixels=pixels)
         except Exception as err:
             # Inputs are checked before they get here; this is the safety net that keeps
             # an unforeseen shape from becoming a 500.
@@ -221,7 +240,7 @@ class Engine:
                 "(upload a PNG/JPEG to /encode_file to have it resized)",
             )
         feeds = {graph.data_input: images, **self._labels(graph, labels, images.shape[0])}
-        out = await self._run(graph, feeds)
+        out = await self._run(graph, feeds, pixels=size * size)
         if len(graph.output_names) >= 2:
             return {"latents": out[graph.output("mean")], "logvar": out[graph.output("logvar", 1)]}
         return {"latents": out[graph.output("latent")]}
@@ -235,7 +254,7 @@ class Engine:
             latents, dim=_latent_dim(graph), max_batch=self.settings.max_batch
         )
         feeds = {graph.data_input: latents, **self._labels(graph, labels, latents.shape[0])}
-        out = await self._run(graph, feeds, field="latents")
+        out = await self._run(graph, feeds, pixels=_image_pixels(graph), field="latents")
         return out[graph.output("image")][:, 0]
 
     async def denoise(
@@ -243,8 +262,9 @@ class Engine:
     ) -> np.ndarray:
         """`[N,1,H,W]` -> `[N,H,W]`, same size."""
         graph = self.registry.graph(dataset, model, "model")
-        self._check_pixels(*images.shape[:1], *images.shape[2:])
-        out = await self._run(graph, {graph.data_input: images})
+        h, w = images.shape[2:]
+        self._check_pixels(images.shape[0], h, w)
+        out = await self._run(graph, {graph.data_input: images}, pixels=h * w)
         return out[graph.output_names[0]][:, 0]
 
     async def upscale(self, images: np.ndarray, *, factor: int, dataset: str) -> np.ndarray:
@@ -252,8 +272,9 @@ class Engine:
         if factor not in (2, 4):
             raise BadInput("factor", f"factor must be 2 or 4, got {factor}")
         graph = self.registry.graph(dataset, f"upscaler_x{factor}", "model", field="factor")
-        self._check_pixels(images.shape[0], *images.shape[2:], scale=factor)
-        out = await self._run(graph, {graph.data_input: images})
+        h, w = images.shape[2:]
+        self._check_pixels(images.shape[0], h, w, scale=factor)
+        out = await self._run(graph, {graph.data_input: images}, pixels=h * w * factor * factor)
         return out[graph.output_names[0]][:, 0]
 
     async def generate(
@@ -309,7 +330,7 @@ class Engine:
         elif label is not None:
             raise BadInput("label", f"model {model!r} is not conditional; use cvae for a class")
         feeds = {graph.data_input: z, **self._labels(graph, labels, count, field="label")}
-        out = await self._run(graph, feeds, field="latents")
+        out = await self._run(graph, feeds, pixels=_image_pixels(graph), field="latents")
         return {
             "images": out[graph.output("image")][:, 0],
             "latents": z,
@@ -326,6 +347,12 @@ def _latent_dim(graph: Graph) -> int:
     if not isinstance(dim, int):
         raise BadInput("model", f"{graph.entry.name} does not declare its latent size")
     return dim
+
+
+def _image_pixels(graph: Graph) -> int:
+    """Pixels of a decoder's output image."""
+    size = graph.entry.image_size
+    return size * size
 
 
 def _classes(entry) -> int:

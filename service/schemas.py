@@ -131,6 +131,7 @@ class DecodeRequest(DecodeOptions):
 
 
 class DenoiseOptions(_Request):
+    model: Literal["denoiser"] = Field("denoiser", description="The one denoiser.")
     dataset: Dataset = "mnist"
     format: Format = None
 

@@ -15,7 +15,8 @@ tune the service without touching code. Read once per process
 | `AE_MAX_REQUEST_BYTES` | 33554432 | request body size; larger bodies get 413 unread |
 | `AE_WORKERS` | 1 | BentoML worker processes |
 | `AE_THREADS` | cores // workers | onnxruntime intra-op threads per session |
-| `AE_BATCH_ROWS` | 1024 | most rows the micro-batcher merges into one onnxruntime call |
+| `AE_BATCH_PIXELS` | 200704 | image pixels per onnxruntime call (256 28x28 images): merged |
+|  |  | requests stop there and bigger requests run in chunks, bounding the arena |
 | `AE_ACCESS_LOG` | 0 | 1: BentoML's access log, one line per request |
 | `AE_TRACING` | 0 | 1: OpenTelemetry spans per request (set BentoML's tracing exporter) |
 """
@@ -80,7 +81,7 @@ class Settings:
     max_request_bytes: int = 32 << 20
     workers: int = 1
     threads: int = 1
-    batch_rows: int = 1024
+    batch_pixels: int = 256 * 28 * 28
     access_log: bool = False
     tracing: bool = False
 
@@ -101,7 +102,7 @@ class Settings:
             max_request_bytes=_int(env, "MAX_REQUEST_BYTES", cls.max_request_bytes),
             workers=workers,
             threads=threads,
-            batch_rows=_int(env, "BATCH_ROWS", cls.batch_rows),
+            batch_pixels=_int(env, "BATCH_PIXELS", cls.batch_pixels),
             access_log=_flag(env, "ACCESS_LOG"),
             tracing=_flag(env, "TRACING"),
         )

@@ -50,7 +50,7 @@ class _Graph:
 
 
 def test_one_bad_job_does_not_fail_its_batch():
-    batcher = Batcher(max_rows=100)
+    batcher = Batcher(max_pixels=100)
     graph = _Graph()
 
     async def burst():
@@ -63,18 +63,22 @@ def test_one_bad_job_does_not_fail_its_batch():
     np.testing.assert_array_equal(also_good["y"], np.full((2, 3), 6))
 
 
-def test_batches_respect_max_rows():
+def test_calls_respect_the_pixel_budget():
     seen = []
-    batcher = Batcher(max_rows=4, observe=lambda graph, requests, rows: seen.append(rows))
+    batcher = Batcher(max_pixels=40, observe=lambda graph, requests, rows: seen.append(rows))
     graph = _Graph()
 
     async def burst():
-        return await asyncio.gather(
-            *[batcher.run(graph, {"x": np.ones((3, 2), np.float32)}) for _ in range(3)]
-        )
+        three = [
+            batcher.run(graph, {"x": np.ones((3, 2), np.float32)}, row_pixels=10) for _ in range(3)
+        ]
+        big = batcher.run(graph, {"x": np.arange(10, dtype=np.float32)[:, None]}, row_pixels=10)
+        return await asyncio.gather(*three, big)
 
-    run(burst())
-    assert seen == [3, 3, 3]
+    *_, big = run(burst())
+    assert sorted(seen) == [3, 3, 3, 10]  # 4 rows a call: requests of 3 run alone
+    np.testing.assert_array_equal(big["y"][:, 0], np.arange(10) * 2)  # ran in chunks, joined
+    assert batcher.calls == 4
 
 
 def test_generate_is_reproducible(engine: Engine, reference):
