@@ -169,7 +169,9 @@ class GenerateRequest(_Request):
         description="Same seed, same images. Omitted: a random seed, returned in the answer. "
         "z = numpy.random.default_rng(seed).standard_normal((n, d)) * temperature.",
     )
-    temperature: float = Field(1.0, ge=0.0, le=10.0, description="Scale of the latent prior.")
+    temperature: float = Field(
+        1.0, ge=0.0, le=10.0, allow_inf_nan=False, description="Scale of the latent prior."
+    )
     model: GenerativeModel = Field("vae", description="Which generative model.")
     dataset: Dataset = "mnist"
     label: int | None = Field(

@@ -172,18 +172,14 @@ class Autoencoders:
     @bentoml.api
     async def encode_file(self, body: FileBody, /, ctx: bentoml.Context) -> EncodeResponse:
         """PNG/JPEG (resized to 28x28) or `.npy` `[N,28,28]` -> latents (JSON; `.npy` for `.npy`).
-
-        Query: `model` (ae|vae|vae2d|cvae), `dataset`, `labels` (cvae: `3` or `1,2,3`), `format`.
-        """
+        Query: `model` (ae|vae|vae2d|cvae), `dataset`, `labels` (cvae: `3` or `1,2,3`), `format`."""
         opts = self._options(ctx, EncodeOptions)
         return await self._answer(ctx, handlers.encode_file(self.engine, body, opts), opts.format)
 
     @bentoml.api
     async def decode_file(self, body: FileBody, /, ctx: bentoml.Context) -> FileOut:
         """`.npy` latents `[N,d]` -> `.npy` images `[N,28,28]` (or `format=png|json`).
-
-        Query: `model` (ae|vae|vae2d|cvae), `dataset`, `labels` (cvae), `format`.
-        """
+        Query: `model` (ae|vae|vae2d|cvae), `dataset`, `labels` (cvae), `format`."""
         opts = self._options(ctx, DecodeOptions)
         return await self._answer(ctx, handlers.decode_file(self.engine, body, opts), opts.format)
 
@@ -196,9 +192,7 @@ class Autoencoders:
     @bentoml.api
     async def upscale_file(self, body: FileBody, /, ctx: bentoml.Context) -> FileOut:
         """PNG/JPEG -> PNG; `.npy` -> `.npy`, `factor` times larger.
-
-        Query: `factor` (2|4), `dataset`, `format`.
-        """
+        Query: `factor` (2|4), `dataset`, `format`."""
         opts = self._options(ctx, UpscaleOptions)
         return await self._answer(ctx, handlers.upscale_file(self.engine, body, opts), opts.format)
 
