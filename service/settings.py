@@ -14,7 +14,7 @@ tune the service without touching code. Read once per process
 | `AE_MAX_PIXELS` | 16777216 | output pixels per request (N x H x W after upscaling) |
 | `AE_MAX_REQUEST_BYTES` | 33554432 | request body size; larger bodies get 413 unread |
 | `AE_WORKERS` | 1 | BentoML worker processes |
-| `AE_THREADS` | cores // workers | onnxruntime intra-op threads per session |
+| `AE_THREADS` | cores // workers | onnxruntime intra-op threads per session (at most that) |
 | `AE_BATCH_PIXELS` | 200704 | image pixels per onnxruntime call (256 28x28 images): merged |
 |  |  | requests stop there and bigger requests run in chunks, bounding the arena |
 | `AE_ACCESS_LOG` | 0 | 1: BentoML's access log, one line per request |
@@ -90,7 +90,8 @@ class Settings:
         """Build settings from `env` (default `os.environ`); raise ValueError on a bad value."""
         env = os.environ if env is None else env
         workers = _int(env, "WORKERS", 1)
-        threads = _int(env, "THREADS", max(1, available_cores() // workers))
+        budget = max(1, available_cores() // workers)  # workers x threads <= cores
+        threads = min(_int(env, "THREADS", budget), budget)
         models_dir = env.get(PREFIX + "MODELS_DIR") or str(cls.models_dir)
         return cls(
             models_dir=Path(models_dir).expanduser().resolve(),

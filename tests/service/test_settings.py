@@ -29,7 +29,8 @@ def test_environment(tmp_path: Path):
     assert settings.max_batch == 7 and settings.max_request_bytes == 1000
     assert settings.threads == max(1, available_cores() // 2)
     assert settings.workers * settings.threads <= max(available_cores(), settings.workers)
-    assert Settings.from_env({"AE_THREADS": "3"}).threads == 3
+    assert Settings.from_env({"AE_THREADS": "1"}).threads == 1
+    assert Settings.from_env({"AE_THREADS": "999"}).threads == available_cores()  # capped
     assert Settings.from_env({"AE_API_KEY": ""}).api_key is None
 
 
