@@ -55,6 +55,9 @@ def tiny_models_dir(
     from training.export import build_tiny_model_set
 
     root = tmp_path_factory.mktemp("tiny_models")
+    if getattr(request.config, "cache", None) is None:  # run with -p no:cacheprovider
+        build_tiny_model_set(root, datasets=TINY_DATASETS)
+        return root
     cache = Path(request.config.cache.mkdir("tiny_models")) / _tiny_key()
     if not (cache / "manifest.json").is_file():
         build = tmp_path_factory.mktemp("tiny_build")
