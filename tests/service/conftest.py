@@ -153,7 +153,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Silence deprecation chatter from BentoML's own dependencies."""
     for pattern in (
         "ignore:GitWildMatchPattern:DeprecationWarning",
-        "ignore:Using `httpx`:DeprecationWarning",
+        "ignore:Using `httpx`",
         "ignore:The `__get_pydantic_core_schema__`:DeprecationWarning",
     ):
         config.addinivalue_line("filterwarnings", pattern)
