@@ -30,8 +30,11 @@ RECIPES: dict[str, dict] = {
     "ae": {"epochs": 12, "lr": 2e-3},
     "upscaler_x2": {"epochs": 6, "lr": 2e-3},
     "upscaler_x4": {"epochs": 10, "lr": 2e-3},
-    "denoiser": {"epochs": 4, "lr": 2e-3},
-    "cvae": {"epochs": 12, "lr": 1e-3, "kl_warmup_epochs": 2},
+    "denoiser": {"epochs": 10, "lr": 2e-3},  # 4 epochs missed the MNIST bars by 0.1-1.2 dB
+    # beta > 1: with beta = 1 the cvae's z kept so much detail that prior samples at
+    # temperature 1 fell between the posteriors (69 % class accuracy on MNIST); a
+    # stronger KL leaves the class to the label and makes prior samples typical.
+    "cvae": {"epochs": 12, "lr": 1e-3, "kl_warmup_epochs": 2, "beta": 2.5},
     "vae2d": {"epochs": 12, "lr": 1e-3, "kl_warmup_epochs": 2},
     "vae": {"epochs": 30, "lr": 1e-3, "kl_warmup_epochs": 3},
 }
