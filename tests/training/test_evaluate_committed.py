@@ -4,7 +4,8 @@ Two promises of the model card are checked here: each model still beats its
 baselines on real test images, and the manifest's figures are what a fresh
 evaluation finds. Both evaluate a copy of exported_models/ (the committed
 manifest is never touched); the first runs by default (about a minute a dataset:
-the baselines are fit on the 60,000 training images), the second is `slow`. Skipped, with the reason, where the data or the models are absent.
+the baselines are fit on the 60,000 training images), the second is `slow`.
+Skipped, with the reason, where the data or the models are absent.
 """
 
 from __future__ import annotations
