@@ -1,9 +1,9 @@
 """Manifest -> verified onnxruntime sessions, one per graph, opened once per worker.
 
-`Registry.open(root)` reads `manifest.json`, checks every file's sha256
-(`service.manifest.verify_files`), and refuses to start with a `ManifestError`
-naming the first missing or tampered file. Sessions are built from the very
-bytes that were hashed, so a file swapped after the check is never loaded.
+`Registry.open(root)` reads `manifest.json`, reads each file once, checks its
+sha256 and builds the session from those very bytes (so a file swapped after
+the check is never loaded); it refuses to start with a `ManifestError` naming
+the first missing or tampered file.
 
 Threads: each session gets `threads` intra-op threads and one inter-op thread;
 the caller picks `threads` so that workers x threads never exceeds the cores
@@ -30,6 +30,7 @@ from service.manifest import (
     GraphFile,
     Manifest,
     ManifestError,
+    MissingModelFile,
     ModelEntry,
     load_manifest,
     verify_files,
@@ -102,9 +103,9 @@ class Registry:
 
     @classmethod
     def open(cls, root: Path, threads: int = 1) -> Registry:
-        """Load and verify `root/manifest.json`, then open every graph; ManifestError if unsafe."""
+        """Load `root/manifest.json`, then verify and open every graph; ManifestError if unsafe."""
         root = Path(root)
-        manifest = verify_models(root)
+        manifest = load_manifest(root)
         options = session_options(threads)
         graphs: dict[tuple[str, str, str], Graph] = {}
         for entry in manifest.models:
@@ -153,9 +154,11 @@ def _open_graph(
     entry: ModelEntry, role: str, spec: GraphFile, root: Path, options: ort.SessionOptions
 ) -> Graph:
     path = root / spec.path
-    data = path.read_bytes()
+    if not path.is_file():
+        raise MissingModelFile(f"{path}: missing ({entry.dataset}/{entry.name} {role})")
+    data = path.read_bytes()  # hashed and loaded from the same bytes: one read per file
     digest = hashlib.sha256(data).hexdigest()
-    if digest != spec.sha256:  # changed since verify_files read it
+    if digest != spec.sha256:
         raise ChecksumMismatch(
             f"{path}: sha256 {digest} does not match the manifest's {spec.sha256}"
         )
