@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,8 +47,6 @@ def test_fully_convolutional_models_take_any_size(name):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_loss_falls_on_a_small_batch(name):
     torch.manual_seed(0)
-    import numpy as np
-
     data = synthetic_dataset(n_train=64, n_test=8)["train"]
     model = build_model(name, **SMALL_KWARGS[name])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
