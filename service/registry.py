@@ -1,9 +1,17 @@
 """Manifest -> verified onnxruntime sessions, one per graph, opened once per worker.
 
-`Registry.open(root)` reads `manifest.json`, reads each file once, checks its
-sha256 and builds the session from those very bytes (so a file swapped after
-the check is never loaded); it refuses to start with a `ManifestError` naming
-the first missing or tampered file.
+`Registry.open(root)` reads `manifest.json` and checks every file's sha256; it
+refuses to start with a `ManifestError` naming the first missing or tampered
+file. Sessions open on a graph's first use (or all at start with
+`preload=True`, `AE_PRELOAD=1`): a worker that serves a few graphs pays memory
+for those only (each session costs ~2.6x its file: 150 MB for all 22 shipped
+graphs). Opening re-reads the file and builds the session from the very bytes
+it hashes again, so a file swapped after start is refused, never loaded.
+
+Memory: every session allocates activations from one arena shared by the
+process (`session.use_env_allocators`) instead of one arena each: an arena
+grows to the largest call its session ever ran and never shrinks, so 22
+private arenas keep 22 peaks (all graphs at batch 256: 880 -> 250 MB).
 
 Threads: each session gets `threads` intra-op threads and one inter-op thread;
 the caller picks `threads` so that workers x threads never exceeds the cores
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,24 +56,75 @@ def session_options(threads: int) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.use_env_allocators", "1")
     options.log_severity_level = 3  # errors only
+    _register_shared_arena()
     return options
+
+
+_ARENA_LOCK = threading.Lock()
+_arena_registered = False
+
+
+def _register_shared_arena() -> None:
+    """Register the process-wide CPU arena that sessions opt into (once per process)."""
+    global _arena_registered
+    with _ARENA_LOCK:
+        if not _arena_registered:
+            info = ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
+            ort.create_and_register_allocator(info, None)
+            _arena_registered = True
 
 
 @dataclass
 class Graph:
-    """One ONNX graph of one model and its open session."""
+    """One ONNX graph of one model; its session opens on first use (see module docstring)."""
 
     entry: ModelEntry
     role: str
     spec: GraphFile
-    session: ort.InferenceSession
+    path: Path
+    options: ort.SessionOptions
     input_names: list[str] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
+    _session: ort.InferenceSession | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_names = [t.name for t in self.spec.inputs]
+        self.output_names = [t.name for t in self.spec.outputs]
+
+    @property
+    def is_open(self) -> bool:
+        return self._session is not None
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The onnxruntime session, opened (verified again) on first access."""
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = self._open()
+        return self._session
+
+    def _open(self) -> ort.InferenceSession:
+        data = _read_verified(self.path, self.spec, f"{self.entry.dataset}/{self.entry.name}")
+        try:
+            session = ort.InferenceSession(data, self.options, providers=["CPUExecutionProvider"])
+        except Exception as err:
+            raise ManifestError(f"{self.path}: onnxruntime cannot load it: {err}") from err
+        got_in = sorted(i.name for i in session.get_inputs())
+        got_out = sorted(o.name for o in session.get_outputs())
+        if got_in != sorted(self.input_names) or got_out != sorted(self.output_names):
+            raise ManifestError(
+                f"{self.path}: graph signature {got_in} -> {got_out} differs "
+                f"from the manifest's {sorted(self.input_names)} -> {sorted(self.output_names)}"
+            )
+        log.info("opened %s (%s/%s %s)", self.path.name, self.entry.dataset, self.entry.name,
+                 self.role)
+        return session
 
     @property
     def label_input(self) -> str | None:
@@ -102,22 +162,27 @@ class Registry:
         self._graphs = graphs
 
     @classmethod
-    def open(cls, root: Path, threads: int = 1) -> Registry:
-        """Load `root/manifest.json`, then verify and open every graph; ManifestError if unsafe."""
+    def open(cls, root: Path, threads: int = 1, preload: bool = False) -> Registry:
+        """Load `root/manifest.json` and verify every file (ManifestError if unsafe); with
+        `preload`, also open every session now rather than on first use."""
         root = Path(root)
         manifest = load_manifest(root)
         options = session_options(threads)
         graphs: dict[tuple[str, str, str], Graph] = {}
         for entry in manifest.models:
             for role, spec in entry.files.items():
-                graphs[(entry.dataset, entry.name, role)] = _open_graph(
-                    entry, role, spec, root, options
-                )
+                path = root / spec.path
+                _read_verified(path, spec, f"{entry.dataset}/{entry.name} {role}")
+                graphs[(entry.dataset, entry.name, role)] = Graph(entry, role, spec, path, options)
+        if preload:
+            for graph in graphs.values():
+                graph.session  # noqa: B018 (opens it)
         log.info(
-            "opened %d graphs of %d models from %s (%d intra-op threads each)",
+            "verified %d graphs of %d models from %s (%s; %d intra-op threads each)",
             len(graphs),
             len(manifest.models),
             root,
+            "opened" if preload else "sessions open on first use",
             threads,
         )
         return cls(manifest, root, graphs)
@@ -150,28 +215,14 @@ class Registry:
             raise UnknownModel(field, f"model {entry.name!r} has no {role} graph") from None
 
 
-def _open_graph(
-    entry: ModelEntry, role: str, spec: GraphFile, root: Path, options: ort.SessionOptions
-) -> Graph:
-    path = root / spec.path
+def _read_verified(path: Path, spec: GraphFile, what: str) -> bytes:
+    """The file's bytes, if their sha256 is the manifest's; MissingModelFile/ChecksumMismatch."""
     if not path.is_file():
-        raise MissingModelFile(f"{path}: missing ({entry.dataset}/{entry.name} {role})")
-    data = path.read_bytes()  # hashed and loaded from the same bytes: one read per file
+        raise MissingModelFile(f"{path}: missing ({what})")
+    data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != spec.sha256:
         raise ChecksumMismatch(
             f"{path}: sha256 {digest} does not match the manifest's {spec.sha256}"
         )
-    try:
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    except Exception as err:
-        raise ManifestError(f"{path}: onnxruntime cannot load it: {err}") from err
-    graph = Graph(entry=entry, role=role, spec=spec, session=session)
-    declared_in = sorted(t.name for t in spec.inputs)
-    declared_out = sorted(t.name for t in spec.outputs)
-    if sorted(graph.input_names) != declared_in or sorted(graph.output_names) != declared_out:
-        raise ManifestError(
-            f"{path}: graph signature {graph.input_names} -> {graph.output_names} differs "
-            f"from the manifest's {declared_in} -> {declared_out}"
-        )
-    return graph
+    return data

@@ -111,7 +111,9 @@ class Autoencoders:
 
     def __init__(self) -> None:
         self.settings = get_settings()
-        self.registry = Registry.open(self.settings.models_dir, threads=self.settings.threads)
+        self.registry = Registry.open(
+            self.settings.models_dir, threads=self.settings.threads, preload=self.settings.preload
+        )
         self.engine = Engine(self.registry, self.settings, observe=_observe_batch)
         payload = self.registry.manifest.model_dump(mode="json")
         self.models_json = orjson.dumps({**payload, "limits": self.settings.limits()})

@@ -17,6 +17,7 @@ tune the service without touching code. Read once per process
 | `AE_THREADS` | cores // workers | onnxruntime intra-op threads per session (at most that) |
 | `AE_BATCH_PIXELS` | 200704 | image pixels per onnxruntime call (256 28x28 images): merged |
 |  |  | requests stop there and bigger requests run in chunks, bounding the arena |
+| `AE_PRELOAD` | 0 | 1: open every model's onnxruntime session at start, not on first use |
 | `AE_ACCESS_LOG` | 0 | 1: BentoML's access log, one line per request |
 | `AE_TRACING` | 0 | 1: OpenTelemetry spans per request (set BentoML's tracing exporter) |
 """
@@ -82,6 +83,7 @@ class Settings:
     workers: int = 1
     threads: int = 1
     batch_pixels: int = 256 * 28 * 28
+    preload: bool = False
     access_log: bool = False
     tracing: bool = False
 
@@ -104,6 +106,7 @@ class Settings:
             workers=workers,
             threads=threads,
             batch_pixels=_int(env, "BATCH_PIXELS", cls.batch_pixels),
+            preload=_flag(env, "PRELOAD"),
             access_log=_flag(env, "ACCESS_LOG"),
             tracing=_flag(env, "TRACING"),
         )

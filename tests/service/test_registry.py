@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.errors import UnknownDataset, UnknownModel
@@ -24,9 +25,33 @@ def test_opens_every_graph(registry: Registry, tiny_models_dir: Path):
         for role in entry.files:
             graph = registry.graph(entry.dataset, entry.name, role)
             assert graph.entry.key == entry.key and graph.input_names
+            session_inputs = sorted(i.name for i in graph.session.get_inputs())
+            assert session_inputs == sorted(graph.input_names)
     cvae = registry.graph("mnist", "cvae", "decoder")
     assert cvae.label_input == "label" and cvae.data_input == "latent"
     assert cvae.output("image") == "image"
+
+
+def test_sessions_open_on_first_use_unless_preloaded(tiny_models_dir: Path):
+    lazy = Registry.open(tiny_models_dir)
+    graphs = [lazy.graph("mnist", "ae", "encoder"), lazy.graph("mnist", "ae", "decoder")]
+    assert not any(g.is_open for g in graphs)
+    out = graphs[0].run({"image": np.zeros((2, 1, 28, 28), np.float32)})
+    assert out["latent"].shape == (2, 16)
+    assert graphs[0].is_open and not graphs[1].is_open
+    eager = Registry.open(tiny_models_dir, preload=True)
+    assert eager.graph("fashion-mnist", "upscaler_x4", "model").is_open
+
+
+def test_file_swapped_after_start_is_refused_at_first_use(tiny_models_dir: Path, tmp_path: Path):
+    root = _copy(tiny_models_dir, tmp_path)
+    registry = Registry.open(root)
+    victim = root / "mnist" / "denoiser.onnx"
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 1
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch, match=str(victim)):
+        _ = registry.graph("mnist", "denoiser", "model").session
 
 
 def test_session_options():
