@@ -200,7 +200,7 @@ def train_and_export(config: TrainConfig, out_root: Path, resume: bool = False,
 TINY_KWARGS = {
     "ae": {"width": 4, "hidden": 16}, "vae": {"width": 4, "hidden": 16},
     "vae2d": {"width": 4, "hidden": 16}, "cvae": {"width": 4, "hidden": 16},
-    "denoiser": {"width": 4, "dilations": (1, 2)}, "upscaler_x2": {"width": 4, "depth": 2},
+    "denoiser": {"width": 2}, "upscaler_x2": {"width": 4, "depth": 2},
     "upscaler_x4": {"width": 4, "depth": 2},
 }
 
