@@ -39,6 +39,11 @@ RECIPES: dict[str, dict] = {
     "vae": {"epochs": 30, "lr": 1e-3, "kl_warmup_epochs": 3},
 }
 
+# Roughly the minutes each recipe takes on one core (MNIST): `train-all --jobs N`
+# starts the longest first.
+RECIPE_COST = {"denoiser": 20, "vae": 19, "upscaler_x4": 14, "ae": 12, "cvae": 10,
+               "vae2d": 7, "upscaler_x2": 6}
+
 
 @dataclass
 class TrainConfig:

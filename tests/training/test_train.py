@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 
+from service.manifest import load_manifest
 from training import cli
 from training.data import synthetic_dataset
 from training.train import TrainConfig, split_train_val, train
@@ -83,6 +85,19 @@ def test_cli_trains_and_exports(tmp_path, capsys):
     assert code == 0
     assert (tmp_path / "out" / "manifest.json").is_file()
     assert "parity" in capsys.readouterr().out
+
+
+def test_cli_train_all_in_parallel_jobs(tmp_path, capsys):
+    """`--jobs 2`: two processes write one manifest (under its lock); both models land."""
+    code = cli.main(["train-all", "--models", "upscaler_x2", "upscaler_x4", "--jobs", "2",
+                     "--synthetic", "--epochs", "1", "--out", str(tmp_path / "out"),
+                     "--runs-dir", str(tmp_path / "runs"), "--no-progress"])
+    assert code == 0
+    manifest = load_manifest(tmp_path / "out")
+    assert sorted(m.name for m in manifest.models) == ["upscaler_x2", "upscaler_x4"]
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)  # cores // jobs
+    assert all(m.training.config["threads"] == threads for m in manifest.models)
+    assert "2 job(s)" in capsys.readouterr().out
 
 
 def test_cli_reports_missing_data(tmp_path, capsys):
