@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from service import handlers
 from service.errors import ServiceError
+from service.heap import return_large_buffers_to_os
 from service.inference import Engine
 from service.middleware import GateMiddleware
 from service.registry import Graph, Registry, verify_models
@@ -110,6 +111,7 @@ class Autoencoders:
     """Encode, decode, denoise, upscale and generate MNIST / Fashion-MNIST images."""
 
     def __init__(self) -> None:
+        return_large_buffers_to_os()
         self.settings = get_settings()
         self.registry = Registry.open(
             self.settings.models_dir, threads=self.settings.threads, preload=self.settings.preload

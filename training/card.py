@@ -257,7 +257,7 @@ def render(manifest: Manifest, root: Path) -> str:
     ]
     datasets = sorted({e.dataset for e in manifest.models})
     for ds in datasets:
-        out += [f"python -m training train-all --dataset {ds}",
+        out += [f"python -m training train-all --dataset {ds} --jobs 2",
                 f"python -m training evaluate --dataset {ds}",
                 f"python -m training figures --dataset {ds}"]
     out += ["python -m training card", "```", ""]
