@@ -64,3 +64,18 @@ def test_benchmark_smoke_produces_every_figure(tiny_models_dir: Path, tmp_path: 
     assert service_runs and all(s["errors"] == 0 for s in service_runs), service_runs
     assert figures["worker_rss_mb"]["requests_served"] > 0
     assert results["meta"]["same_answers_max_abs_diff"]["encode"] <= 1e-4
+    every = results["meta"]["worker_rss_every_graph_mb"]
+    assert every["requests"] >= 12 and every["rss_mb"] > 0  # one request per graph
+
+
+def test_architecture_comparison_runs(tmp_path: Path) -> None:
+    """`python -m benchmarks.architectures` times a candidate in torch, onnxruntime and training."""
+    out = tmp_path / "arch.json"
+    command = [sys.executable, "-m", "benchmarks.architectures", "--only", "decoder.shipped",
+               "--batch", "8", "--reps", "2", "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (row,) = json.loads(out.read_text())
+    assert row["graph"] == "decoder.shipped" and row["params"] > 0
+    assert row["torch_ms"] > 0 and row["ort_ms"] > 0 and row["train_step_ms_1thread"] > 0

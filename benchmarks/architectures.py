@@ -1,0 +1,176 @@
+"""Which layer shapes does onnxruntime run faster than torch eager, and what do they cost to train?
+
+    python -m benchmarks.architectures --out arch.json      # ~2 min on 2 idle cores
+
+The per-graph bar (onnxruntime >= torch eager, batch 256) depends on the
+architecture far more than on any session option: this script times the shipped
+encoder/decoder shapes against alternatives built from the same pieces, with
+fresh weights (speed does not depend on them), each exported by the project's
+exporter and run with the service's session options. For each it also times one
+training step (forward + backward + Adam, batch 128, one thread), because a
+shape onnxruntime likes but torch trains slowly moves the cost to training,
+which has its own bar. Calls alternate torch/onnxruntime; figures are medians.
+
+Candidates (d=16 latent, width 32):
+- `encoder.shipped`: conv 4x4/2 x2 -> dense 3136 -> 256 -> 16 (training.models.ConvEncoder)
+- `encoder.vgg`: conv 3x3 + maxpool x2, conv 3x3/2 -> dense 2048 -> 16
+- `encoder.conv3s2`: conv 3x3/2, conv 3x3 + maxpool, conv 3x3/2 -> dense 2048 -> 16
+- `decoder.shipped`: dense 16 -> 256 -> 3136, transposed conv 4x4/2 x2 (ConvDecoder)
+- `decoder.resize_conv`: dense 16 -> 2048, (nearest resize + conv 3x3) x3
+- `decoder.pixel_shuffle`: dense 16 -> 256 -> 3136, (conv 3x3 + PixelShuffle) x2
+- `denoiser.shipped`: the U-Net of training.models.Denoiser
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
+    import torch.nn.functional as F
+    from torch import nn
+
+    from training.models import ConvDecoder, ConvEncoder, Denoiser
+
+    class Resize(nn.Module):
+        def __init__(self, size: int):
+            super().__init__()
+            self.size = size
+
+        def forward(self, x):
+            return F.interpolate(x, size=self.size, mode="nearest")
+
+    w, d = 32, 16
+    relu = nn.ReLU
+    return {
+        "encoder.shipped": (lambda: ConvEncoder(d, w), (1, 28, 28)),
+        "encoder.vgg": (lambda: nn.Sequential(
+            nn.Conv2d(1, w, 3, 1, 1), relu(), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, 1, 1), relu(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, 2, 1), relu(), nn.Flatten(), nn.Linear(4 * w * 16, d),
+        ), (1, 28, 28)),
+        "encoder.conv3s2": (lambda: nn.Sequential(
+            nn.Conv2d(1, w, 3, 2, 1), relu(), nn.Conv2d(w, 2 * w, 3, 1, 1), relu(),
+            nn.MaxPool2d(2), nn.Conv2d(2 * w, 4 * w, 3, 2, 1), relu(), nn.Flatten(),
+            nn.Linear(4 * w * 16, d),
+        ), (1, 28, 28)),
+        "decoder.shipped": (lambda: ConvDecoder(d, w), (d,)),
+        "decoder.resize_conv": (lambda: nn.Sequential(
+            nn.Linear(d, 4 * w * 16), relu(), nn.Unflatten(1, (4 * w, 4, 4)),
+            Resize(7), nn.Conv2d(4 * w, 2 * w, 3, 1, 1), relu(),
+            Resize(14), nn.Conv2d(2 * w, w, 3, 1, 1), relu(), nn.Conv2d(w, w, 3, 1, 1), relu(),
+            Resize(28), nn.Conv2d(w, 1, 3, 1, 1),
+        ), (d,)),
+        "decoder.pixel_shuffle": (lambda: nn.Sequential(
+            nn.Linear(d, 256), relu(), nn.Linear(256, 2 * w * 49), relu(),
+            nn.Unflatten(1, (2 * w, 7, 7)),
+            nn.Conv2d(2 * w, 4 * w, 3, 1, 1), nn.PixelShuffle(2), relu(),
+            nn.Conv2d(w, w, 3, 1, 1), relu(), nn.Conv2d(w, 4, 3, 1, 1), nn.PixelShuffle(2),
+        ), (d,)),
+        "denoiser.shipped": (lambda: Denoiser(), (1, 28, 28)),
+    }
+
+
+def _median_pair(first: Callable, second: Callable, reps: int) -> tuple[float, float]:
+    first(), second()
+    a, b = [], []
+    for _ in range(reps):
+        for fn, acc in ((first, a), (second, b)):
+            t = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t)
+    return statistics.median(a), statistics.median(b)
+
+
+def _train_step_ms(module, shape: tuple[int, ...], reps: int) -> float:
+    import torch
+
+    optimizer = torch.optim.Adam(module.parameters())
+    x = torch.rand(128, *shape)
+    times = []
+    for _ in range(reps + 2):
+        t = time.perf_counter()
+        loss = module(x).float().pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times[2:])
+
+
+def measure(names: list[str] | None = None, batch: int = 256, threads: int = 2,
+            reps: int = 20) -> list[dict]:
+    import onnxruntime as ort
+    import torch
+
+    from service.registry import session_options
+    from training.export import export_graph
+    from training.models import Graph
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (build, shape) in _candidates().items():
+            if names and name not in names:
+                continue
+            torch.manual_seed(0)
+            module = build().eval()
+            axes = {"x": {0: "N"}}
+            example = torch.rand(2, *shape) if len(shape) == 3 else torch.randn(2, *shape)
+            path = Path(tmp) / f"{name}.onnx"
+            export_graph(Graph(module, (example,), ["x"], ["y"], axes), path)
+            session = ort.InferenceSession(str(path), session_options(threads),
+                                           providers=["CPUExecutionProvider"])
+            x = torch.rand(batch, *shape) if len(shape) == 3 else torch.randn(batch, *shape)
+            feeds = {"x": x.numpy()}
+            torch.set_num_threads(threads)
+
+            def run_torch(module=module, x=x):
+                with torch.inference_mode():
+                    module(x)
+
+            t_torch, t_ort = _median_pair(run_torch, lambda s=session, f=feeds: s.run(None, f),
+                                          reps)
+            torch.set_num_threads(1)
+            step = _train_step_ms(build().train(), shape, max(4, reps // 3))
+            row = {
+                "graph": name,
+                "params": sum(p.numel() for p in module.parameters()),
+                "torch_ms": 1e3 * t_torch,
+                "ort_ms": 1e3 * t_ort,
+                "ratio": t_torch / t_ort,
+                "train_step_ms_1thread": step,
+            }
+            print(f"{name:24s} params {row['params'] / 1e3:7.1f}k  torch {row['torch_ms']:7.2f} ms"
+                  f"  ort {row['ort_ms']:7.2f} ms  ratio {row['ratio']:5.2f}x"
+                  f"  train step {step:6.1f} ms", flush=True)
+            rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.architectures",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", help="candidate names (default: all)")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    np.random.seed(0)
+    rows = measure(args.only, args.batch, args.threads, args.reps)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
