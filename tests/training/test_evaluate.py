@@ -136,3 +136,10 @@ def test_figures_are_drawn_from_the_onnx_models(evaluated, small_data, tmp_path)
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     assert all(p.parent == evaluated / "mnist" / "figures" for p in paths)
     assert "](mnist/figures/cvae_samples.png)" in write_card(evaluated).read_text()
+
+
+def test_two_job_makespan_runs_longest_first():
+    from training.card import two_job_makespan
+
+    assert two_job_makespan([30, 20, 15, 10, 5]) == 40  # 30+10 | 20+15+5
+    assert two_job_makespan([7]) == 7
