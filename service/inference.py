@@ -50,7 +50,7 @@ class Batcher:
 
     def __init__(
         self,
-        max_pixels: int = 256 * 28 * 28,
+        max_pixels: int = 64 * 28 * 28,
         observe: Callable[[Graph, int, int], None] | None = None,
         inline_seconds: float = 1e-3,
     ):

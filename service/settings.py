@@ -15,7 +15,7 @@ tune the service without touching code. Read once per process
 | `AE_MAX_REQUEST_BYTES` | 33554432 | request body size; larger bodies get 413 unread |
 | `AE_WORKERS` | 1 | BentoML worker processes |
 | `AE_THREADS` | cores // workers | onnxruntime intra-op threads per session (at most that) |
-| `AE_BATCH_PIXELS` | 200704 | image pixels per onnxruntime call (256 28x28 images): merged |
+| `AE_BATCH_PIXELS` | 50176 | image pixels per onnxruntime call (64 28x28 images): merged |
 |  |  | requests stop there and bigger requests run in chunks, bounding the arena |
 | `AE_PRELOAD` | 0 | 1: open every model's onnxruntime session at start, not on first use |
 | `AE_ACCESS_LOG` | 0 | 1: BentoML's access log, one line per request |
@@ -82,7 +82,8 @@ class Settings:
     max_request_bytes: int = 32 << 20
     workers: int = 1
     threads: int = 1
-    batch_pixels: int = 256 * 28 * 28
+    # 64 rows: the denoiser's arena peak +62 MB (256 rows: +201 MB) at no loss of speed.
+    batch_pixels: int = 64 * 28 * 28
     preload: bool = False
     access_log: bool = False
     tracing: bool = False
