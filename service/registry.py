@@ -111,7 +111,8 @@ class Graph:
         return self._session
 
     def _open(self) -> ort.InferenceSession:
-        data = _read_verified(self.path, self.spec, f"{self.entry.dataset}/{self.entry.name}")
+        what = f"{self.entry.dataset}/{self.entry.name} {self.role}"
+        data = _read_verified(self.path, self.spec, what)
         try:
             session = _session_from_bytes(data, self.options)
         except Exception as err:
@@ -167,14 +168,14 @@ class Registry:
         """Load `root/manifest.json` and verify every file (ManifestError if unsafe); with
         `preload`, also open every session now rather than on first use."""
         root = Path(root)
-        manifest = load_manifest(root)
+        # Opening a session checks its file: with preload every file is checked that way.
+        manifest = load_manifest(root) if preload else verify_models(root)
         options = session_options(threads)
-        graphs: dict[tuple[str, str, str], Graph] = {}
-        for entry in manifest.models:
-            for role, spec in entry.files.items():
-                path = root / spec.path
-                _read_verified(path, spec, f"{entry.dataset}/{entry.name} {role}")
-                graphs[(entry.dataset, entry.name, role)] = Graph(entry, role, spec, path, options)
+        graphs = {
+            (entry.dataset, entry.name, role): Graph(entry, role, spec, root / spec.path, options)
+            for entry in manifest.models
+            for role, spec in entry.files.items()
+        }
         if preload:
             for graph in graphs.values():
                 graph.session  # noqa: B018 (opens it)
