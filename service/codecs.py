@@ -44,12 +44,13 @@ def loads_request(body: bytes | bytearray | str, array_fields: frozenset[str]) -
     """Parse a request body; the big numeric arrays named in `array_fields` come out as
     float64 numpy arrays without a Python float per number.
 
-    orjson + `numpy.asarray` spend ~18 ms on a 256-image body building 200,000 floats
-    and nested lists only to copy them into an array; simdjson writes the numbers
-    straight into a buffer (~5 ms, structure checks included). Anything the fast path
-    does not take (ragged, strings, booleans, nested deeper, escapes in the body, a
-    non-object body) comes out as plain lists, which `numeric_array` then rejects with
-    its usual message; malformed JSON raises `ValueError` for the caller's usual error.
+    orjson + `numpy.asarray` build 200,000 Python floats and nested lists for a
+    256-image body only to copy them into an array; simdjson writes the numbers
+    straight into a buffer (the service's CPU per such request: docs/PERFORMANCE.md).
+    Anything the fast path does not take (ragged, strings, booleans, nested deeper,
+    escapes in the body, a non-object body) comes out as plain lists, which
+    `numeric_array` then rejects with its usual message; malformed JSON raises
+    `ValueError` for the caller's usual error.
     """
     raw = body.encode() if isinstance(body, str) else bytes(body)
     document = simdjson.Parser().parse(raw)

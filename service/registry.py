@@ -4,14 +4,14 @@
 refuses to start with a `ManifestError` naming the first missing or tampered
 file. Sessions open on a graph's first use (or all at start with
 `preload=True`, `AE_PRELOAD=1`): a worker that serves a few graphs pays memory
-for those only (all 22 shipped graphs: +72 MB). Opening re-reads the file and
-builds the session from the very bytes it hashes again, so a file swapped after
-start is refused, never loaded.
+for those only (all 22 shipped graphs: +71 MB, `python -m benchmarks.memory`).
+Opening re-reads the file and builds the session from the very bytes it hashes
+again, so a file swapped after start is refused, never loaded.
 
 Memory: every session allocates activations from one arena shared by the
 process (`session.use_env_allocators`) instead of one arena each: an arena
 grows to the largest call its session ever ran and never shrinks, so 22
-private arenas keep 22 peaks (all graphs at batch 256: 880 -> 250 MB).
+private arenas keep 22 peaks (all graphs at batch 256: 638 -> 212 MB).
 
 Threads: each session gets `threads` intra-op threads and one inter-op thread;
 the caller picks `threads` so that workers x threads never exceeds the cores
@@ -221,7 +221,7 @@ def _session_from_bytes(data: bytes, options: ort.SessionOptions) -> ort.Inferen
     """A session built from exactly these bytes.
 
     Handed a path, onnxruntime holds ~2.3 MB per session less than handed the same bytes
-    (22 shipped graphs: 74 vs 127 MB). So on Linux the verified bytes go into an
+    (22 shipped graphs: 71 vs 127 MB). So on Linux the verified bytes go into an
     anonymous in-memory file (memfd) that onnxruntime opens by path and that vanishes
     when closed: the path's memory figure, and still no window in which the file on
     disk could be swapped between the hash and the load.

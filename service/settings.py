@@ -82,7 +82,7 @@ class Settings:
     max_request_bytes: int = 32 << 20
     workers: int = 1
     threads: int = 1
-    # 64 rows: the denoiser's arena peak +62 MB (256 rows: +201 MB) at no loss of speed.
+    # 64 rows: denoising 1,024 images adds 64 MB (256 rows: 204 MB; `python -m benchmarks.memory`).
     batch_pixels: int = 64 * 28 * 28
     preload: bool = False
     access_log: bool = False

@@ -79,3 +79,16 @@ def test_architecture_comparison_runs(tmp_path: Path) -> None:
     (row,) = json.loads(out.read_text())
     assert row["graph"] == "decoder.shipped" and row["params"] > 0
     assert row["torch_ms"] > 0 and row["ort_ms"] > 0 and row["train_step_ms_1thread"] > 0
+
+
+def test_memory_figures_run(tiny_models_dir: Path, tmp_path: Path) -> None:
+    """`python -m benchmarks.memory` measures its cases in fresh processes and writes them."""
+    out = tmp_path / "memory.json"
+    command = [sys.executable, "-m", "benchmarks.memory", "--models-dir", str(tiny_models_dir),
+               "--only", "sessions_memfd", "denoiser_rows_64", "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = json.loads(out.read_text())
+    assert [r["case"] for r in rows] == ["sessions_memfd", "denoiser_rows_64"]
+    assert all(r["graphs"] > 0 and r["added_mb"] > 0 for r in rows)
