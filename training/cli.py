@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="IWAE bound on the first N test images only (default: all)")
     ev.add_argument("--cvae-nll", action="store_true", help="also the cvae's IWAE bound")
     ev.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    again = sub.add_parser("reexport", help="re-export shipped models with the current export "
+                           "code, from their own weights (then run evaluate)")
+    _common(again)
+    again.add_argument("--models", nargs="+", choices=list(MODELS))
+    again.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                       help="checkpoints, used when they reproduce the shipped graphs")
     fig = sub.add_parser("figures", help="draw reconstructions, samples and latent maps")
     _common(fig)
     card = sub.add_parser("card", help="write the model card from the manifest")
@@ -147,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_models(args.dataset, args.out, args.data_dir, names=args.models,
                             max_test=args.max_test, iwae_k=args.iwae_k, threads=args.threads,
                             cvae_nll=args.cvae_nll, iwae_images=args.iwae_images)
+            return 0
+        if args.command == "reexport":
+            from training.reexport import reexport
+
+            for entry in reexport(args.dataset, args.out, args.runs_dir, names=args.models):
+                print(f"{entry.dataset}/{entry.name}: re-exported, parity "
+                      f"{entry.parity_max_abs_diff:.1e}; metrics cleared until evaluate")
             return 0
         if args.command == "figures":
             from training.figures import make_figures

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import onnxscript.optimizer
 import torch
 
 from service.manifest import (
@@ -68,7 +69,15 @@ def _dims(graph: Graph) -> tuple[dict[int, torch.export.Dim], ...]:
 
 
 def export_graph(graph: Graph, path: Path) -> None:
-    """Export one graph to `path` (a single self-contained file) and check it."""
+    """Export one graph to `path` (a single self-contained file) and check it.
+
+    The graph is simplified by onnxscript's optimizer, but with constant folding
+    limited to computations on no input data (`input_size_limit=0`): export forms
+    that compute a kernel from a parameter (`UpConv`, the denoiser's split join)
+    keep that parameter as an initializer under its state-dict name, so weights
+    can always be read back from a shipped file; onnxruntime folds the rest when
+    it opens the session.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     graph.module.eval()
     # The exporter narrates its passes and warns about its own internals: keep the CLI quiet.
@@ -77,9 +86,11 @@ def export_graph(graph: Graph, path: Path) -> None:
         torch.onnx.export(
             graph.module, graph.example, str(path), input_names=graph.input_names,
             output_names=graph.output_names, dynamic_shapes=_dims(graph), dynamo=True,
-            opset_version=OPSET, external_data=False, verbose=False,
+            opset_version=OPSET, external_data=False, verbose=False, optimize=False,
         )
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    model = onnxscript.optimizer.optimize(onnx.load(str(path)), input_size_limit=0)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
 
 
 def _tensor_specs(values) -> list[TensorSpec]:
@@ -117,6 +128,15 @@ def parity(graph: Graph, path: Path, inputs: tuple[torch.Tensor, ...]) -> float:
     return max(float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got, strict=True))
 
 
+def graph_file(path: Path, rel: str) -> GraphFile:
+    """The manifest's record of the graph at `path` (`rel`: its path in the models folder)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return GraphFile(
+        path=rel, sha256=sha256_file(path), size_bytes=path.stat().st_size,
+        inputs=_tensor_specs(session.get_inputs()), outputs=_tensor_specs(session.get_outputs()),
+    )
+
+
 def export_model(result: TrainResult, out_root: Path, parity_images: np.ndarray) -> ModelEntry:
     """Export every graph of a trained model; return its manifest entry."""
     config, model = result.config, result.model
@@ -133,12 +153,7 @@ def export_model(result: TrainResult, out_root: Path, parity_images: np.ndarray)
         if worst > PARITY_TOLERANCE:
             raise ExportError(f"{path}: torch vs onnxruntime max abs diff {worst:.2e} "
                               f"> {PARITY_TOLERANCE:.0e}")
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        files[role] = GraphFile(
-            path=rel, sha256=sha256_file(path), size_bytes=path.stat().st_size,
-            inputs=_tensor_specs(session.get_inputs()),
-            outputs=_tensor_specs(session.get_outputs()),
-        )
+        files[role] = graph_file(path, rel)
     training = TrainingInfo(
         epochs=result.epochs_run, seed=config.seed, optimizer="AdamW + OneCycleLR",
         learning_rate=config.lr, batch_size=config.batch_size,

@@ -9,8 +9,9 @@ Each model is an `nn.Module` with
 keyword arguments so that whoever loads weights can rebuild the model.
 
 Choices, and why:
-- Strided convs down (28 -> 14 -> 7) and transposed convs up: cheap on 2 CPU
-  cores and fast in onnxruntime.
+- Strided convs down (28 -> 14 -> 7) and transposed convs up: cheap to train on
+  2 CPU cores. onnxruntime runs transposed convs slowly, so `UpConv` exports
+  itself as the same function in a form it runs fast (3x3 conv + DepthToSpace).
 - VAEs use a Bernoulli likelihood on dynamically binarized pixels (Kingma &
   Welling 2014; Burda et al. 2016 for the IWAE bound used in evaluation) and the
   closed-form Gaussian KL. Their decoders export `logits` beside the
@@ -63,6 +64,41 @@ def one_hot(labels: torch.Tensor) -> torch.Tensor:
     return (labels.unsqueeze(1) == classes).float()
 
 
+class UpConv(nn.ConvTranspose2d):
+    """A 4x4 stride-2 transposed conv (doubles H and W) that exports as conv + DepthToSpace.
+
+    Why: onnxruntime's ConvTranspose is slow on CPU (18.9 of the VAE decoder's
+    26 ms at batch 256), while its 3x3 conv runs near the machine's peak. The two
+    forms compute the same function: output pixel (2m+a, 2n+b) sees input rows
+    {m-1, m} (a=0) or {m, m+1} (a=1) through taps (3, 1) or (2, 0) of the 4x4
+    kernel, so one 3x3 conv with 4*out channels (zeros where a phase has no tap)
+    followed by a pixel shuffle reproduces it exactly. Training keeps the
+    transposed conv (torch runs it fast, with 16 instead of 36 MACs per phase
+    group); the state dict is ConvTranspose2d's, so checkpoints load unchanged.
+    """
+
+    # 3x3 offset -> 4x4 tap, per output phase; 4 is the zero tap added by padding.
+    TAPS = (3, 1, 4, 4, 2, 0)
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, 4, 2, 1)
+
+    def subpixel_weight(self) -> torch.Tensor:
+        """The [4*out, in, 3, 3] kernel; output channel c*4 + a*2 + b is phase (a, b) of c."""
+        cin, cout = self.in_channels, self.out_channels
+        taps = torch.tensor(self.TAPS, device=self.weight.device)
+        w = F.pad(self.weight, (0, 1, 0, 1))  # [in, out, 5, 5]; row/col 4 is zero
+        w = w.index_select(2, taps).index_select(3, taps)  # [in, out, (a,i), (b,j)]
+        w = w.reshape(cin, cout, 2, 3, 2, 3).permute(1, 2, 4, 0, 3, 5)
+        return w.reshape(4 * cout, cin, 3, 3)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return super().forward(x, output_size)
+        bias = self.bias.repeat_interleave(4) if self.bias is not None else None
+        return F.pixel_shuffle(F.conv2d(x, self.subpixel_weight(), bias, padding=1), 2)
+
+
 class ConvEncoder(nn.Module):
     """[N,1,28,28] (+ optional extra vector) -> [N,out]."""
 
@@ -94,9 +130,9 @@ class ConvDecoder(nn.Module):
             nn.Linear(latent, hidden), nn.ReLU(),
             nn.Linear(hidden, 2 * width * 49), nn.ReLU(),
             nn.Unflatten(1, (2 * width, 7, 7)),
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.ReLU(),  # 14x14
+            UpConv(2 * width, width), nn.ReLU(),  # 14x14
             nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(),
-            nn.ConvTranspose2d(width, 1, 4, 2, 1),  # 28x28 logits
+            UpConv(width, 1),  # 28x28 logits
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -201,9 +237,8 @@ class Denoiser(nn.Module):
     context from far away; two stride-2 levels give it cheaply (a 7-layer dilated
     stack of width 24 was 0.7 dB short of the sigma-0.5 bar on MNIST and 1.4x slower
     in onnxruntime). Going down uses stride-2 convs (ceil(H/2), so odd sizes work);
-    coming up resizes (nearest) to the skip's exact size, then concatenates and
-    convolves: no padding-to-a-multiple, no crop, and onnxruntime runs it >2x
-    faster than torch eager.
+    coming up resizes (nearest) to the skip's exact size and convolves it together
+    with the skip (`_join`): no padding-to-a-multiple, no crop.
     """
 
     task = "denoise"
@@ -219,15 +254,25 @@ class Denoiser(nn.Module):
         self.up1 = nn.Sequential(_conv_relu(3 * w, w), nn.Conv2d(w, 1, 3, 1, 1))
 
     @staticmethod
-    def _join(skip: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
-        return torch.cat([skip, F.interpolate(deep, size=skip.shape[-2:], mode="nearest")], 1)
+    def _join(block: nn.Sequential, skip: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+        """`block(cat([skip, resize(deep)]))` without building the concatenation.
+
+        The first conv is applied to each part with its half of the kernel and the
+        results summed: the same function and parameters, but no copy of both
+        tensors (onnxruntime 61 -> 56 ms at batch 256, torch 82 -> 72 ms).
+        """
+        conv, c = block[0][0], skip.shape[1]
+        deep = F.interpolate(deep, size=skip.shape[-2:], mode="nearest")
+        y = F.conv2d(skip, conv.weight[:, :c], conv.bias, padding=1)
+        y = y + F.conv2d(deep, conv.weight[:, c:], None, padding=1)
+        return block[1:](F.relu(y))
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         # Predict a correction in logit space around the noisy input; sigmoid keeps [0,1].
         a = self.down1(x)
         b = self.down2(a)
-        b = self.up2(self._join(b, self.bottom(b)))
-        return torch.logit(x.clamp(0.02, 0.98)) + self.up1(self._join(a, b))
+        b = self._join(self.up2, b, self.bottom(b))
+        return torch.logit(x.clamp(0.02, 0.98)) + self._join(self.up1, a, b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.forward_logits(x))

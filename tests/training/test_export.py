@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 
 from service.manifest import (
     ChecksumMismatch,
@@ -20,6 +21,8 @@ from service.manifest import (
 )
 from training import export
 from training.data import synthetic_dataset
+from training.export import export_graph
+from training.models import build_model
 from training.train import TrainConfig, train
 
 EXPECTED = {  # role -> (input names, output names), from service/manifest.py's docstring
@@ -131,3 +134,18 @@ def test_training_config_and_checksums_recorded(manifest):
     assert entry.latent_dim == 16 and manifest.get("mnist", "vae2d").latent_dim == 2
     assert manifest.get("mnist", "upscaler_x4").scale == 4
     assert manifest.get("mnist", "cvae").num_classes == 10
+
+
+@pytest.mark.parametrize(("name", "role", "prefix"),
+                         [("vae", "decoder", "vae.decoder."), ("denoiser", "model", "")])
+def test_every_parameter_is_an_initializer_under_its_name(tmp_path, name, role, prefix):
+    """Weights can be read back from a shipped file, even where the export form
+    computes its kernel from them (UpConv, the denoiser's split join)."""
+    graph = build_model(name, width=4).eval().graphs()[role]
+    export_graph(graph, tmp_path / "graph.onnx")
+    stored = {i.name: i for i in onnx.load(str(tmp_path / "graph.onnx")).graph.initializer}
+    params = {k: v for k, v in graph.module.state_dict().items() if k.startswith(prefix)}
+    assert params
+    for key, value in params.items():
+        assert key in stored, f"{key} folded away"
+        np.testing.assert_array_equal(numpy_helper.to_array(stored[key]), value.numpy())

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training.data import synthetic_dataset
-from training.models import MODELS, build_model, kl_standard_normal, one_hot
+from training.models import MODELS, UpConv, build_model, kl_standard_normal, one_hot
 from training.train import make_batch
 
 TINY = {"width": 8}
@@ -91,3 +92,29 @@ def test_cvae_decoder_depends_on_the_label():
 def test_unknown_model():
     with pytest.raises(KeyError, match="unknown model 'gan'"):
         build_model("gan")
+
+
+@pytest.mark.parametrize(("cin", "cout", "side"), [(6, 3, 7), (4, 1, 5)])
+def test_upconv_export_form_is_the_transposed_conv(cin, cout, side):
+    """The 3x3 conv + pixel shuffle that UpConv exports computes the transposed conv."""
+    torch.manual_seed(0)
+    up = UpConv(cin, cout)
+    x = torch.randn(2, cin, side, side)
+    with torch.no_grad():
+        expected = up(x)
+        bias = up.bias.repeat_interleave(4)
+        got = F.pixel_shuffle(F.conv2d(x, up.subpixel_weight(), bias, padding=1), 2)
+    assert got.shape == (2, cout, 2 * side, 2 * side)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_denoiser_join_is_conv_of_the_concatenation():
+    """The split-kernel join equals convolving the concatenated skip and resized deep path."""
+    torch.manual_seed(0)
+    model = build_model("denoiser", width=4).eval()
+    skip, deep = torch.randn(2, 4, 9, 11), torch.randn(2, 8, 5, 6)
+    with torch.no_grad():
+        joined = torch.cat([skip, F.interpolate(deep, size=(9, 11), mode="nearest")], 1)
+        expected = model.up1(joined)
+        got = model._join(model.up1, skip, deep)
+    assert torch.allclose(got, expected, atol=1e-5)

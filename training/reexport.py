@@ -1,0 +1,165 @@
+"""Re-export shipped models with the current export code, without retraining.
+
+When an export form improves (say `UpConv`, which onnxruntime runs faster than a
+transposed conv), the shipped graphs should get it without a new training run
+changing their weights and metrics. For each model this:
+
+1. rebuilds the module from the manifest entry's `model_kwargs` and loads its
+   weights (`shipped_weights`): the run's `best.pt` when it reproduces the shipped
+   graph, else the shipped graph's own initializers, which carry the state-dict
+   names (`export_graph` keeps them);
+2. exports every graph to a scratch file, with the usual torch parity check;
+3. proves that the new file computes what the shipped one does (max abs diff
+   <= `PARITY_TOLERANCE` on random images and latents, batch 64 and 1);
+4. swaps the files in and updates the entry's checksums, signatures, versions
+   and parity. Training information is kept; the test metrics are dropped,
+   because they describe the old files: run `python -m training evaluate` after.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import numpy_helper
+
+from service.manifest import ModelEntry, load_manifest
+from training.export import (
+    PARITY_TOLERANCE,
+    ExportError,
+    export_graph,
+    graph_file,
+    graph_inputs,
+    parity,
+    record,
+)
+from training.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
+
+
+def _normal(kwargs: dict) -> dict:
+    """Keyword arguments as JSON has them (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple | list) else v for k, v in kwargs.items()}
+
+
+def _load_checkpoint(model: torch.nn.Module, entry: ModelEntry, runs_dir: Path) -> bool:
+    """Load `runs/<dataset>/<model>/best.pt` if it has the shipped architecture."""
+    path = runs_dir / entry.dataset / entry.name / "best.pt"
+    if not path.is_file():
+        return False
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if _normal(state["config"].get("model_kwargs", {})) != _normal(
+            entry.training.config.get("model_kwargs", {})):
+        return False
+    model.load_state_dict(state["model"])
+    return True
+
+
+def _load_initializers(model: torch.nn.Module, entry: ModelEntry, models_dir: Path) -> bool:
+    """Load every parameter from the shipped graphs' initializers (False if any is missing).
+
+    Each graph's export wrapper names the model's tensors its own way (`vae.decoder...`),
+    so tensors are matched per graph and counted by storage, not by name.
+    """
+    covered: set[int] = set()
+    for role, graph in model.graphs().items():
+        stored = {i.name: i for i in
+                  onnx.load(str(models_dir / entry.files[role].path)).graph.initializer}
+        state = graph.module.state_dict()
+        hits = {k: torch.from_numpy(numpy_helper.to_array(stored[k]).copy())
+                for k in state if k in stored}
+        try:
+            graph.module.load_state_dict(hits, strict=False)
+        except RuntimeError as err:  # shapes differ: not this architecture's weights
+            log.info("%s/%s: %s", entry.dataset, entry.name, str(err).splitlines()[0])
+            return False
+        covered |= {state[k].data_ptr() for k in hits}
+    missing = [k for k, v in model.state_dict().items() if v.data_ptr() not in covered]
+    if missing:
+        log.info("%s/%s: %d parameters not in the shipped graphs (%s, ...)", entry.dataset,
+                 entry.name, len(missing), missing[0])
+    return not missing
+
+
+def shipped_weights(entry: ModelEntry, models_dir: Path, runs_dir: Path,
+                    probe: np.ndarray) -> tuple[torch.nn.Module, str]:
+    """The entry's module with the weights of its shipped graphs, and where they came from."""
+    scale = entry.scale or 1
+    for source in ("checkpoint", "shipped graph"):
+        model = build_model(entry.name, **entry.training.config.get("model_kwargs", {})).eval()
+        if source == "checkpoint":
+            loaded = _load_checkpoint(model, entry, runs_dir)
+        else:
+            loaded = _load_initializers(model, entry, models_dir)
+        if loaded and all(
+            parity(graph, models_dir / entry.files[role].path, graph_inputs(graph, probe, scale))
+            <= PARITY_TOLERANCE
+            for role, graph in model.graphs().items()
+        ):
+            return model, source
+    raise ExportError(f"{entry.dataset}/{entry.name}: no weights that reproduce the shipped "
+                      "graphs (neither a matching checkpoint nor complete initializers)")
+
+
+def reexport_model(entry: ModelEntry, models_dir: Path, runs_dir: Path, seed: int = 0
+                   ) -> ModelEntry:
+    """The entry with its graphs re-exported into `models_dir` (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    probe = rng.uniform(0, 1, (64, 1, 28, 28)).astype(np.float32)
+    model, source = shipped_weights(entry, models_dir, runs_dir, probe)
+    scale = entry.scale or 1
+    new, worst = entry.model_copy(deep=True), 0.0
+    with tempfile.TemporaryDirectory(prefix="ae-reexport-") as scratch:
+        fresh: dict[str, Path] = {}
+        for role, graph in model.graphs().items():
+            path = Path(scratch) / f"{role}.onnx"
+            export_graph(graph, path)
+            for images in (probe, probe[:1]):
+                inputs = graph_inputs(graph, images, scale)
+                feeds = {n: t.numpy() for n, t in zip(graph.input_names, inputs, strict=True)}
+                vs_shipped = _max_diff(_run(path, feeds),
+                                       _run(models_dir / entry.files[role].path, feeds))
+                vs_torch = parity(graph, path, inputs)
+                if max(vs_shipped, vs_torch) > PARITY_TOLERANCE:
+                    raise ExportError(f"{entry.dataset}/{entry.name}.{role}: new graph differs "
+                                      f"(shipped {vs_shipped:.1e}, torch {vs_torch:.1e})")
+                worst = max(worst, vs_torch)
+            fresh[role] = path
+        for role, path in fresh.items():
+            target = models_dir / entry.files[role].path
+            shutil.copyfile(path, target)
+            new.files[role] = graph_file(target, entry.files[role].path)
+    new.parity_max_abs_diff = worst
+    new.versions = {"torch": torch.__version__, "onnx": onnx.__version__,
+                    "onnxruntime": ort.__version__}
+    new.metrics, new.baselines, new.evaluation = {}, {}, {}
+    log.info("%s/%s re-exported (weights from the %s)", entry.dataset, entry.name, source)
+    return new
+
+
+def reexport(dataset: str, models_dir: Path, runs_dir: Path,
+             names: list[str] | None = None) -> list[ModelEntry]:
+    """Re-export the named models of `dataset` (all by default) and record them."""
+    manifest = load_manifest(models_dir)
+    entries = [e for e in manifest.models
+               if e.dataset == dataset and (names is None or e.name in names)]
+    if not entries:
+        raise KeyError(f"no models of {dataset!r} named {names or 'any'} in {models_dir}")
+    done = [reexport_model(entry, models_dir, runs_dir) for entry in entries]
+    record(models_dir, done)
+    return done
