@@ -9,16 +9,20 @@ fresh weights (speed does not depend on them), each exported by the project's
 exporter and run with the service's session options. For each it also times one
 training step (forward + backward + Adam, batch 128, one thread), because a
 shape onnxruntime likes but torch trains slowly moves the cost to training,
-which has its own bar. Calls alternate torch/onnxruntime; figures are medians.
+which has its own bar. Timing as in `benchmarks.inprocess`: alternating blocks
+of calls, torch on a warm heap; figures are medians.
 
 Candidates (d=16 latent, width 32):
 - `encoder.shipped`: conv 4x4/2 x2 -> dense 3136 -> 256 -> 16 (training.models.ConvEncoder)
 - `encoder.vgg`: conv 3x3 + maxpool x2, conv 3x3/2 -> dense 2048 -> 16
 - `encoder.conv3s2`: conv 3x3/2, conv 3x3 + maxpool, conv 3x3/2 -> dense 2048 -> 16
-- `decoder.shipped`: dense 16 -> 256 -> 3136, transposed conv 4x4/2 x2 (ConvDecoder)
+- `decoder.shipped`: dense 16 -> 256 -> 3136, transposed conv 4x4/2 x2 (ConvDecoder);
+  torch runs the transposed convs, the graph their export form (3x3 conv + DepthToSpace)
+- `decoder.convtranspose`: the same, exported as ConvTranspose (before `UpConv`)
 - `decoder.resize_conv`: dense 16 -> 2048, (nearest resize + conv 3x3) x3
 - `decoder.pixel_shuffle`: dense 16 -> 256 -> 3136, (conv 3x3 + PixelShuffle) x2
 - `denoiser.shipped`: the U-Net of training.models.Denoiser
+- `denoiser.concat`: the same U-Net joining skip and deep paths by concatenation
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 
 
 def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
+    import torch
     import torch.nn.functional as F
     from torch import nn
 
@@ -47,6 +52,19 @@ def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
 
         def forward(self, x):
             return F.interpolate(x, size=self.size, mode="nearest")
+
+    class ConcatDenoiser(Denoiser):
+        @staticmethod
+        def _join(block, skip, deep):
+            deep = F.interpolate(deep, size=skip.shape[-2:], mode="nearest")
+            return block(torch.cat([skip, deep], 1))
+
+    def convtranspose_decoder() -> nn.Module:
+        decoder = ConvDecoder(d, w)
+        for i, layer in enumerate(decoder.net):
+            if isinstance(layer, nn.ConvTranspose2d):
+                decoder.net[i] = nn.ConvTranspose2d(layer.in_channels, layer.out_channels, 4, 2, 1)
+        return decoder
 
     w, d = 32, 16
     relu = nn.ReLU
@@ -63,6 +81,7 @@ def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
             nn.Linear(4 * w * 16, d),
         ), (1, 28, 28)),
         "decoder.shipped": (lambda: ConvDecoder(d, w), (d,)),
+        "decoder.convtranspose": (convtranspose_decoder, (d,)),
         "decoder.resize_conv": (lambda: nn.Sequential(
             nn.Linear(d, 4 * w * 16), relu(), nn.Unflatten(1, (4 * w, 4, 4)),
             Resize(7), nn.Conv2d(4 * w, 2 * w, 3, 1, 1), relu(),
@@ -76,18 +95,8 @@ def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
             nn.Conv2d(w, w, 3, 1, 1), relu(), nn.Conv2d(w, 4, 3, 1, 1), nn.PixelShuffle(2),
         ), (d,)),
         "denoiser.shipped": (lambda: Denoiser(), (1, 28, 28)),
+        "denoiser.concat": (lambda: ConcatDenoiser(), (1, 28, 28)),
     }
-
-
-def _median_pair(first: Callable, second: Callable, reps: int) -> tuple[float, float]:
-    first(), second()
-    a, b = [], []
-    for _ in range(reps):
-        for fn, acc in ((first, a), (second, b)):
-            t = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - t)
-    return statistics.median(a), statistics.median(b)
 
 
 def _train_step_ms(module, shape: tuple[int, ...], reps: int) -> float:
@@ -107,15 +116,17 @@ def _train_step_ms(module, shape: tuple[int, ...], reps: int) -> float:
 
 
 def measure(names: list[str] | None = None, batch: int = 256, threads: int = 2,
-            reps: int = 20) -> list[dict]:
+            min_time: float = 1.0, train_reps: int = 6) -> list[dict]:
     import onnxruntime as ort
     import torch
 
+    from benchmarks.inprocess import alternating_blocks, warm_heap
     from service.registry import session_options
     from training.export import export_graph
     from training.models import Graph
 
     rows = []
+    warm_heap()
     with tempfile.TemporaryDirectory() as tmp:
         for name, (build, shape) in _candidates().items():
             if names and name not in names:
@@ -136,10 +147,11 @@ def measure(names: list[str] | None = None, batch: int = 256, threads: int = 2,
                 with torch.inference_mode():
                     module(x)
 
-            t_torch, t_ort = _median_pair(run_torch, lambda s=session, f=feeds: s.run(None, f),
-                                          reps)
+            times = alternating_blocks(run_torch, lambda s=session, f=feeds: s.run(None, f),
+                                       min_time)
+            t_torch, t_ort = (statistics.median(t) for t in times)
             torch.set_num_threads(1)
-            step = _train_step_ms(build().train(), shape, max(4, reps // 3))
+            step = _train_step_ms(build().train(), shape, train_reps)
             row = {
                 "graph": name,
                 "params": sum(p.numel() for p in module.parameters()),
@@ -162,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="candidate names (default: all)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=1.0,
+                        help="timing per runtime and candidate (at least)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     np.random.seed(0)
-    rows = measure(args.only, args.batch, args.threads, args.reps)
+    rows = measure(args.only, args.batch, args.threads, args.seconds)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
     return 0

@@ -1,20 +1,20 @@
 """In-process figures: onnxruntime against torch eager per graph, and onnxruntime's own limit.
 
-Torch eager runs on the same weights as the graph it is compared with. For each
-model the weights come from, in order of preference:
+Torch eager runs the model as trained (say a transposed conv where the graph
+has its export form, `training.models.UpConv`) on the same weights as the graph
+it is compared with: those of the run's checkpoint or of the shipped graph's
+own initializers, whichever reproduces the graph (`training.reexport.shipped_weights`);
+the shipped graph is timed. Failing both, a freshly initialised module is
+exported on the fly and that file is timed. Each figure says which (`weights`).
 
-1. `runs/<dataset>/<model>/best.pt`, when its architecture arguments match the
-   manifest entry's, and the shipped ONNX graph reproduces it (max abs diff
-   <= 1e-4 on real-shaped inputs): the shipped graph is timed;
-2. the shipped ONNX file itself: its initializers carry the state-dict names,
-   so they load straight into the rebuilt module (again checked for parity);
-3. otherwise a freshly initialised module, exported on the fly with
-   `training.export.export_graph`, and that file is timed.
-
-Each figure says which (`weights`). torch gets as many intra-op threads as
-onnxruntime, and onnxruntime runs with the service's own session options
-(`service.registry.session_options`). Timings alternate torch and onnxruntime
-call by call, so drift on a noisy machine hits both alike; figures are medians.
+torch gets as many intra-op threads as onnxruntime, and onnxruntime runs with
+the service's own session options (`service.registry.session_options`). Timings
+alternate torch and onnxruntime in blocks of calls (`alternating_blocks`), so
+drift on a noisy machine hits both alike; figures are medians. Blocks, not
+single calls: after each call torch's OpenMP workers spin-wait for more work,
+and an onnxruntime call made right then shares its cores with them (call by
+call, onnxruntime's time on the small encoders nearly doubled). torch's heap is
+kept warm (`warm_heap`).
 
 torch and the training package are imported lazily: only this module needs them.
 """
@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.manifest import Manifest, ModelEntry
+from service.heap import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt
+from service.manifest import Manifest
 from service.registry import session_options
 
 log = logging.getLogger(__name__)
-PARITY = 1e-4
 
 
 def images(n: int, side: int = 28, seed: int = 0) -> np.ndarray:
@@ -97,54 +97,6 @@ class TorchGraph:
     scale: int = 1  # upscalers take images `scale` times smaller
 
 
-def _checkpoint(runs_dir: Path, entry: ModelEntry) -> dict | None:
-    """The best checkpoint of this model, if its architecture matches the shipped one."""
-    import torch
-
-    path = runs_dir / entry.dataset / entry.name / "best.pt"
-    if not path.is_file():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    shipped = entry.training.config.get("model_kwargs", {})
-    if _normal(state["config"].get("model_kwargs", {})) != _normal(shipped):
-        log.info("%s: architecture differs from the shipped model; not used", path)
-        return None
-    return state
-
-
-def _normal(kwargs: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple | list) else v for k, v in kwargs.items()}
-
-
-def _parity(module, graph, path: Path, inputs) -> float:
-    import torch
-
-    with torch.inference_mode():
-        expected = module(*inputs)
-    expected = expected if isinstance(expected, tuple) else (expected,)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {n: t.numpy() for n, t in zip(graph.input_names, inputs, strict=True)}
-    got = session.run(None, feeds)
-    return max(float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got, strict=True))
-
-
-def _load_from_onnx(module, path: Path) -> bool:
-    """Copy the ONNX initializers named like the module's parameters into it."""
-    import onnx
-    import torch
-    from onnx import numpy_helper
-
-    stored = {i.name: i for i in onnx.load(str(path)).graph.initializer}
-    state = module.state_dict()
-    found = {
-        k: torch.from_numpy(numpy_helper.to_array(stored[k]).copy()) for k in state if k in stored
-    }
-    if not found:
-        return False
-    module.load_state_dict(found, strict=False)
-    return True
-
-
 def torch_graphs(
     manifest: Manifest,
     models_dir: Path,
@@ -154,8 +106,9 @@ def torch_graphs(
     scratch: Path | None = None,
 ) -> list[TorchGraph]:
     """Each model's graphs rebuilt in torch, with the weights of the ONNX file timed beside."""
-    from training.export import export_graph, graph_inputs
+    from training.export import ExportError, export_graph, graph_inputs, parity
     from training.models import build_model
+    from training.reexport import shipped_weights
 
     scratch = scratch or Path(tempfile.mkdtemp(prefix="ae-bench-onnx-"))
     probe = images(4)[:, None]
@@ -163,41 +116,60 @@ def torch_graphs(
     for entry in manifest.models:
         if entry.dataset != dataset or (names is not None and entry.name not in names):
             continue
-        kwargs = entry.training.config.get("model_kwargs", {})
-        state = _checkpoint(runs_dir, entry)
-        model = build_model(entry.name, **kwargs)
-        if state is not None:
-            model.load_state_dict(state["model"])
-        model.eval()
+        try:
+            model, source = shipped_weights(entry, models_dir, runs_dir, probe)
+            weights = f"{source} (reproduces the shipped graph)"
+        except ExportError:
+            model = build_model(entry.name, **entry.training.config.get("model_kwargs", {}))
+            model, weights = model.eval(), "freshly initialised; exported on the fly"
         scale = entry.scale or 1
         for role, graph in model.graphs().items():
-            module = graph.module.eval()
-            inputs = graph_inputs(graph, probe, scale)
-            shipped = models_dir / entry.files[role].path
-            weights, path, diff = "", shipped, float("inf")
-            if state is not None:
-                diff = _parity(module, graph, shipped, inputs)
-                weights = f"checkpoint runs/{dataset}/{entry.name}/best.pt; shipped graph"
-            elif _load_from_onnx(module, shipped):
-                diff = _parity(module, graph, shipped, inputs)
-                weights = "read from the shipped graph"
-            if diff > PARITY:
-                if state is None:  # fall back to fresh weights, exported on the fly
-                    module = build_model(entry.name, **kwargs).graphs()[role].module.eval()
-                    graph.module = module
-                    weights = "freshly initialised; exported on the fly"
-                else:
-                    weights = (
-                        f"checkpoint runs/{dataset}/{entry.name}/best.pt (differs from the "
-                        "shipped graph); exported on the fly"
-                    )
+            path = models_dir / entry.files[role].path
+            if weights.startswith("freshly"):
                 path = scratch / f"{dataset}-{entry.name}-{role}.onnx"
                 export_graph(graph, path)
-                diff = _parity(module, graph, path, inputs)
-            out.append(
-                TorchGraph(dataset, entry.name, role, module, graph, path, weights, diff, scale)
-            )
+            diff = parity(graph, path, graph_inputs(graph, probe, scale))
+            out.append(TorchGraph(dataset, entry.name, role, graph.module.eval(), graph, path,
+                                  weights, diff, scale))
     return out
+
+
+def warm_heap() -> None:
+    """Serve torch's activations from a heap that keeps them, as in a long-running process.
+
+    torch allocates with malloc, and glibc maps (and zeroes) each buffer above its
+    mmap threshold afresh, until enough frees raise the threshold: torch's decoders
+    take ~1.6x longer in that cold state, and which graphs run in it depends on what
+    ran before. Fixing the threshold at its 32 MB maximum and never trimming gives
+    every graph the warm state. onnxruntime allocates from its own arena either way.
+    """
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
+
+
+BLOCK_CALLS = 8
+BLOCK_GAP_S = 0.02  # lets the previous runtime's worker threads go back to sleep
+
+
+def alternating_blocks(
+    run_a: Callable[[], object], run_b: Callable[[], object], min_time: float
+) -> tuple[list[float], list[float]]:
+    """Seconds per call of `a` and `b`, timed in alternating blocks of `BLOCK_CALLS`.
+
+    Each block starts with an untimed call and a short pause, so neither runtime
+    is timed while the other's thread pool is still awake.
+    """
+    times: tuple[list[float], list[float]] = ([], [])
+    start = time.perf_counter()
+    while len(times[1]) < 3 * BLOCK_CALLS or time.perf_counter() - start < 2 * min_time:
+        for fn, acc in zip((run_a, run_b), times, strict=True):
+            time.sleep(BLOCK_GAP_S)
+            fn()
+            for _ in range(BLOCK_CALLS):
+                t = time.perf_counter()
+                fn()
+                acc.append(time.perf_counter() - t)
+    return times
 
 
 def torch_vs_ort(graphs: list[TorchGraph], batch: int, threads: int, min_time: float) -> list[dict]:
@@ -207,6 +179,7 @@ def torch_vs_ort(graphs: list[TorchGraph], batch: int, threads: int, min_time: f
     from training.export import graph_inputs
 
     torch.set_num_threads(threads)
+    warm_heap()
     base = images(batch)[:, None]
     rows = []
     for item in graphs:
@@ -221,14 +194,7 @@ def torch_vs_ort(graphs: list[TorchGraph], batch: int, threads: int, min_time: f
         def run_ort(session=session, feeds=feeds):
             session.run(None, feeds)
 
-        run_torch(), run_ort()  # warm-up
-        torch_times, ort_times = [], []
-        start = time.perf_counter()
-        while len(torch_times) < 3 or time.perf_counter() - start < 2 * min_time:
-            for fn, acc in ((run_torch, torch_times), (run_ort, ort_times)):
-                t = time.perf_counter()
-                fn()
-                acc.append(time.perf_counter() - t)
+        torch_times, ort_times = alternating_blocks(run_torch, run_ort, min_time)
         t_torch, t_ort = statistics.median(torch_times), statistics.median(ort_times)
         rows.append(
             {

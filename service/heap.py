@@ -17,20 +17,25 @@ import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
-M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
+M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
+M_MMAP_THRESHOLD = -3
 THRESHOLD_BYTES = 128 * 1024
 
 
-def return_large_buffers_to_os(threshold: int = THRESHOLD_BYTES) -> bool:
-    """Fix glibc's mmap threshold; False (and nothing changed) where there is no glibc."""
+def mallopt(param: int, value: int) -> bool:
+    """glibc's `mallopt`; False (and nothing changed) where there is no glibc."""
     name = ctypes.util.find_library("c")
     if name is None:
         return False
     try:
-        libc = ctypes.CDLL(name)
-        ok = bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+        ok = bool(ctypes.CDLL(name).mallopt(param, value))
     except (OSError, AttributeError):  # not glibc (musl, macOS): leave the allocator alone
         return False
     if not ok:
-        log.info("mallopt(M_MMAP_THRESHOLD, %d) was refused", threshold)
+        log.info("mallopt(%d, %d) was refused", param, value)
     return ok
+
+
+def return_large_buffers_to_os(threshold: int = THRESHOLD_BYTES) -> bool:
+    """Fix glibc's mmap threshold at `threshold` (see the module docstring)."""
+    return mallopt(M_MMAP_THRESHOLD, threshold)

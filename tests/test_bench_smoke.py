@@ -72,7 +72,7 @@ def test_architecture_comparison_runs(tmp_path: Path) -> None:
     """`python -m benchmarks.architectures` times a candidate in torch, onnxruntime and training."""
     out = tmp_path / "arch.json"
     command = [sys.executable, "-m", "benchmarks.architectures", "--only", "decoder.shipped",
-               "--batch", "8", "--reps", "2", "--out", str(out)]
+               "--batch", "8", "--seconds", "0.05", "--out", str(out)]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
                           check=False)
     assert done.returncode == 0, done.stderr[-4000:]
