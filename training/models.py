@@ -67,14 +67,15 @@ def one_hot(labels: torch.Tensor) -> torch.Tensor:
 class UpConv(nn.ConvTranspose2d):
     """A 4x4 stride-2 transposed conv (doubles H and W) that exports as conv + DepthToSpace.
 
-    Why: onnxruntime's ConvTranspose is slow on CPU (18.9 of the VAE decoder's
-    26 ms at batch 256), while its 3x3 conv runs near the machine's peak. The two
+    Why: onnxruntime's CPU ConvTranspose is slow (most of the decoder's time),
+    while its 3x3 conv runs near the machine's peak (`python -m
+    benchmarks.architectures`: decoder.convtranspose vs decoder.shipped). The two
     forms compute the same function: output pixel (2m+a, 2n+b) sees input rows
     {m-1, m} (a=0) or {m, m+1} (a=1) through taps (3, 1) or (2, 0) of the 4x4
     kernel, so one 3x3 conv with 4*out channels (zeros where a phase has no tap)
     followed by a pixel shuffle reproduces it exactly. Training keeps the
-    transposed conv (torch runs it fast, with 16 instead of 36 MACs per phase
-    group); the state dict is ConvTranspose2d's, so checkpoints load unchanged.
+    transposed conv, which torch runs fast and which does 16/36 of the
+    multiply-adds; the state dict is ConvTranspose2d's, so checkpoints load unchanged.
     """
 
     # 3x3 offset -> 4x4 tap, per output phase; 4 is the zero tap added by padding.
@@ -257,9 +258,10 @@ class Denoiser(nn.Module):
     def _join(block: nn.Sequential, skip: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
         """`block(cat([skip, resize(deep)]))` without building the concatenation.
 
-        The first conv is applied to each part with its half of the kernel and the
-        results summed: the same function and parameters, but no copy of both
-        tensors (onnxruntime 61 -> 56 ms at batch 256, torch 82 -> 72 ms).
+        The first conv is applied to each part with its share of the kernel and the
+        results summed: the same function and parameters, without copying both
+        tensors into one (faster in both runtimes: denoiser.concat vs
+        denoiser.shipped in `python -m benchmarks.architectures`).
         """
         conv, c = block[0][0], skip.shape[1]
         deep = F.interpolate(deep, size=skip.shape[-2:], mode="nearest")
