@@ -154,12 +154,15 @@ def reexport_model(entry: ModelEntry, models_dir: Path, runs_dir: Path, seed: in
 
 def reexport(dataset: str, models_dir: Path, runs_dir: Path,
              names: list[str] | None = None) -> list[ModelEntry]:
-    """Re-export the named models of `dataset` (all by default) and record them."""
+    """Re-export the named models of `dataset` (all by default), recording each as it is done
+    (so that a failure leaves every file matching its manifest entry)."""
     manifest = load_manifest(models_dir)
     entries = [e for e in manifest.models
                if e.dataset == dataset and (names is None or e.name in names)]
     if not entries:
         raise KeyError(f"no models of {dataset!r} named {names or 'any'} in {models_dir}")
-    done = [reexport_model(entry, models_dir, runs_dir) for entry in entries]
-    record(models_dir, done)
+    done = []
+    for entry in entries:
+        done.append(reexport_model(entry, models_dir, runs_dir))
+        record(models_dir, done[-1:])
     return done
