@@ -83,12 +83,12 @@ def export_graph(graph: Graph, path: Path) -> None:
     # The exporter narrates its passes and warns about its own internals: keep the CLI quiet.
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph.module, graph.example, str(path), input_names=graph.input_names,
+        program = torch.onnx.export(
+            graph.module, graph.example, None, input_names=graph.input_names,
             output_names=graph.output_names, dynamic_shapes=_dims(graph), dynamo=True,
-            opset_version=OPSET, external_data=False, verbose=False, optimize=False,
+            opset_version=OPSET, verbose=False, optimize=False,
         )
-    model = onnxscript.optimizer.optimize(onnx.load(str(path)), input_size_limit=0)
+    model = onnxscript.optimizer.optimize(program.model_proto, input_size_limit=0)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
 

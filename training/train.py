@@ -40,10 +40,10 @@ RECIPES: dict[str, dict] = {
     "vae": {"epochs": 30, "lr": 1e-3, "kl_warmup_epochs": 3},
 }
 
-# Roughly the minutes each recipe takes on one core (MNIST): `train-all --jobs N`
-# starts the longest first.
-RECIPE_COST = {"denoiser": 40, "vae": 19, "upscaler_x4": 14, "ae": 12, "cvae": 10,
-               "vae2d": 7, "upscaler_x2": 6}
+# Minutes each recipe took on one core (MNIST, the timed `train-all --jobs 2` run in
+# docs/PERFORMANCE.md): `train-all --jobs N` starts the longest first.
+RECIPE_COST = {"denoiser": 28, "vae": 14, "cvae": 6, "vae2d": 6, "ae": 6, "upscaler_x4": 4,
+               "upscaler_x2": 4}
 
 
 @dataclass
