@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 
 from training.data import synthetic_dataset
-from training.models import MODELS, UpConv, build_model, kl_standard_normal, one_hot
+from training.export import export_graph
+from training.models import (
+    MODELS,
+    Graph,
+    PixelShuffle,
+    UpConv,
+    build_model,
+    kl_standard_normal,
+    one_hot,
+)
 from training.train import make_batch
 
 TINY = {"width": 8}
@@ -94,18 +105,39 @@ def test_unknown_model():
         build_model("gan")
 
 
-@pytest.mark.parametrize(("cin", "cout", "side"), [(6, 3, 7), (4, 1, 5)])
-def test_upconv_export_form_is_the_transposed_conv(cin, cout, side):
-    """The 3x3 conv + pixel shuffle that UpConv exports computes the transposed conv."""
+def _exported(module: torch.nn.Module, channels: int, tmp_path) -> ort.InferenceSession:
+    """`module` through the project's exporter, with dynamic N, H and W."""
+    axes = {"x": {0: "N", 2: "H", 3: "W"}}
+    graph = Graph(module, (torch.randn(2, channels, 5, 6),), ["x"], ["y"], axes)
+    path = tmp_path / "layer.onnx"
+    export_graph(graph, path)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("gemm", [False, True], ids=["subpixel", "gemm"])
+def test_upconv_exports_the_transposed_conv(gemm, tmp_path):
+    """Either export form of UpConv computes the transposed conv, at any H and W,
+    in Conv/MatMul + Col2Im (no ConvTranspose, no DepthToSpace)."""
     torch.manual_seed(0)
-    up = UpConv(cin, cout)
-    x = torch.randn(2, cin, side, side)
-    with torch.no_grad():
-        expected = up(x)
-        bias = up.bias.repeat_interleave(4)
-        got = F.pixel_shuffle(F.conv2d(x, up.subpixel_weight(), bias, padding=1), 2)
-    assert got.shape == (2, cout, 2 * side, 2 * side)
-    assert torch.allclose(got, expected, atol=1e-5)
+    up = UpConv(6, 3, gemm_export=gemm).eval()
+    session = _exported(up, 6, tmp_path)
+    ops = {node.op_type for node in onnx.load(tmp_path / "layer.onnx").graph.node}
+    assert "Col2Im" in ops and not ops & {"ConvTranspose", "DepthToSpace"}
+    for shape in [(3, 6, 7, 7), (1, 6, 4, 9)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            expected = up(x).numpy()
+        got = session.run(None, {"x": x.numpy()})[0]
+        assert got.shape == (shape[0], 3, 2 * shape[2], 2 * shape[3])
+        assert np.abs(got - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("r", [2, 4])
+def test_pixel_shuffle_exports_as_col2im(r, tmp_path):
+    session = _exported(PixelShuffle(r), r * r * 3, tmp_path)
+    x = torch.randn(2, r * r * 3, 5, 7)
+    got = session.run(None, {"x": x.numpy()})[0]
+    assert np.array_equal(got, F.pixel_shuffle(x, r).numpy())
 
 
 def test_denoiser_join_is_conv_of_the_concatenation():
