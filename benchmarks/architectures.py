@@ -17,10 +17,13 @@ Candidates (d=16 latent, width 32):
 - `encoder.vgg`: conv 3x3 + maxpool x2, conv 3x3/2 -> dense 2048 -> 16
 - `encoder.conv3s2`: conv 3x3/2, conv 3x3 + maxpool, conv 3x3/2 -> dense 2048 -> 16
 - `decoder.shipped`: dense 16 -> 256 -> 3136, transposed conv 4x4/2 x2 (ConvDecoder);
-  torch runs the transposed convs, the graph their export form (3x3 conv + DepthToSpace)
+  torch runs the transposed convs, the graph their export forms (`UpConv`: the
+  first as sub-pixel 3x3 conv + Col2Im, the last as MatMul + Col2Im)
 - `decoder.convtranspose`: the same, exported as ConvTranspose (before `UpConv`)
+- `decoder.all_subpixel`: the same, both layers in the sub-pixel form
+- `decoder.depth_to_space`: the same, both sub-pixel with DepthToSpace (the previous export)
 - `decoder.resize_conv`: dense 16 -> 2048, (nearest resize + conv 3x3) x3
-- `decoder.pixel_shuffle`: dense 16 -> 256 -> 3136, (conv 3x3 + PixelShuffle) x2
+- `decoder.pixel_shuffle`: dense 16 -> 256 -> 3136, (conv 3x3 + PixelShuffle) x2, trained so
 - `denoiser.shipped`: the U-Net of training.models.Denoiser
 - `denoiser.concat`: the same U-Net joining skip and deep paths by concatenation
 """
@@ -43,7 +46,7 @@ def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
     import torch.nn.functional as F
     from torch import nn
 
-    from training.models import ConvDecoder, ConvEncoder, Denoiser
+    from training.models import ConvDecoder, ConvEncoder, Denoiser, PixelShuffle, UpConv
 
     class Resize(nn.Module):
         def __init__(self, size: int):
@@ -59,12 +62,31 @@ def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
             deep = F.interpolate(deep, size=skip.shape[-2:], mode="nearest")
             return block(torch.cat([skip, deep], 1))
 
-    def convtranspose_decoder() -> nn.Module:
+    class DepthToSpaceUpConv(UpConv):
+        """UpConv's sub-pixel form with the pixel shuffle exported as DepthToSpace."""
+
+        def forward(self, x, output_size=None):
+            if not torch.onnx.is_in_onnx_export():
+                return super().forward(x, output_size)
+            y = F.conv2d(x, self.subpixel_weight(), self.bias.repeat_interleave(4), padding=1)
+            return F.pixel_shuffle(y, 2)
+
+    def decoder_with(make_layer: Callable[[nn.ConvTranspose2d], nn.Module]) -> nn.Module:
+        """ConvDecoder with each transposed conv replaced by `make_layer(it)`."""
         decoder = ConvDecoder(d, w)
         for i, layer in enumerate(decoder.net):
             if isinstance(layer, nn.ConvTranspose2d):
-                decoder.net[i] = nn.ConvTranspose2d(layer.in_channels, layer.out_channels, 4, 2, 1)
+                decoder.net[i] = make_layer(layer)
         return decoder
+
+    def convtranspose_decoder() -> nn.Module:
+        return decoder_with(lambda up: nn.ConvTranspose2d(up.in_channels, up.out_channels, 4, 2, 1))
+
+    def all_subpixel_decoder() -> nn.Module:
+        return decoder_with(lambda up: UpConv(up.in_channels, up.out_channels))
+
+    def depth_to_space_decoder() -> nn.Module:
+        return decoder_with(lambda up: DepthToSpaceUpConv(up.in_channels, up.out_channels))
 
     w, d = 32, 16
     relu = nn.ReLU
@@ -82,6 +104,8 @@ def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
         ), (1, 28, 28)),
         "decoder.shipped": (lambda: ConvDecoder(d, w), (d,)),
         "decoder.convtranspose": (convtranspose_decoder, (d,)),
+        "decoder.all_subpixel": (all_subpixel_decoder, (d,)),
+        "decoder.depth_to_space": (depth_to_space_decoder, (d,)),
         "decoder.resize_conv": (lambda: nn.Sequential(
             nn.Linear(d, 4 * w * 16), relu(), nn.Unflatten(1, (4 * w, 4, 4)),
             Resize(7), nn.Conv2d(4 * w, 2 * w, 3, 1, 1), relu(),
@@ -91,8 +115,8 @@ def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
         "decoder.pixel_shuffle": (lambda: nn.Sequential(
             nn.Linear(d, 256), relu(), nn.Linear(256, 2 * w * 49), relu(),
             nn.Unflatten(1, (2 * w, 7, 7)),
-            nn.Conv2d(2 * w, 4 * w, 3, 1, 1), nn.PixelShuffle(2), relu(),
-            nn.Conv2d(w, w, 3, 1, 1), relu(), nn.Conv2d(w, 4, 3, 1, 1), nn.PixelShuffle(2),
+            nn.Conv2d(2 * w, 4 * w, 3, 1, 1), PixelShuffle(2), relu(),
+            nn.Conv2d(w, w, 3, 1, 1), relu(), nn.Conv2d(w, 4, 3, 1, 1), PixelShuffle(2),
         ), (d,)),
         "denoiser.shipped": (lambda: Denoiser(), (1, 28, 28)),
         "denoiser.concat": (lambda: ConcatDenoiser(), (1, 28, 28)),
