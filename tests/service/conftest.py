@@ -6,12 +6,6 @@ hit cheaply; `start_server` is reused for the API-key server.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +15,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from benchmarks import servers
+
 LIMITS = {
     "AE_MAX_BATCH": "256",
     "AE_MAX_N": "64",
@@ -33,72 +28,28 @@ LIMITS = {
 
 @dataclass
 class Server:
-    url: str
-    models_dir: Path
-    log: Path
-    process: subprocess.Popen
+    """A running service; `benchmarks.servers` starts it (as the README does) and stops it."""
+
+    running: servers.Server
+
+    @property
+    def url(self) -> str:
+        return self.running.url
+
+    @property
+    def log(self) -> Path:
+        return self.running.log
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
 
     def alive(self) -> bool:
-        return self.process.poll() is None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return self.running.process.poll() is None
 
 
 def start_server(models_dir: Path, workdir: Path, **env: str) -> Server:
-    """`bentoml serve` from the repo root; returns once /readyz answers 200."""
-    port = free_port()
-    log = workdir / f"bentoml-{port}.log"
-    environ = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AE_")},
-        **LIMITS,
-        "AE_MODELS_DIR": str(models_dir),
-        "AE_WORKERS": "1",
-        "BENTOML_HOME": str(workdir / "bentoml_home"),
-        "BENTOML_DO_NOT_TRACK": "True",
-        **env,
-    }
-    command = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=environ,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so teardown reaches the workers
-        )
-    server = Server(f"http://127.0.0.1:{port}", models_dir, log, process)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"bentoml serve exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    stop_server(server)
-    raise RuntimeError(f"bentoml serve not ready in 90 s:\n{log.read_text()[-3000:]}")
-
-
-def stop_server(server: Server) -> None:
-    """SIGTERM the server's process group, then SIGKILL whatever is left."""
-    try:
-        os.killpg(server.process.pid, signal.SIGTERM)
-        server.process.wait(timeout=15)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(timeout=5)
+    """`bentoml serve` from the repo root with the test limits; returns once /readyz is 200."""
+    return Server(servers.start_service(models_dir, 1, workdir, {**LIMITS, **env}, timeout=90))
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +57,7 @@ def server(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     """The service over the tiny models, no API key."""
     running = start_server(tiny_models_dir, tmp_path_factory.mktemp("server"))
     yield running
-    stop_server(running)
+    running.running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +68,7 @@ def keyed_server(
     key = "test-key-0123456789abcdef"
     running = start_server(tiny_models_dir, tmp_path_factory.mktemp("keyed"), AE_API_KEY=key)
     yield running
-    stop_server(running)
+    running.running.stop()
 
 
 @pytest.fixture(scope="session")
