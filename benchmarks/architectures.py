@@ -21,6 +21,7 @@ Candidates (d=16 latent, width 32):
   first as sub-pixel 3x3 conv + Col2Im, the last as MatMul + Col2Im)
 - `decoder.convtranspose`: the same, exported as ConvTranspose (before `UpConv`)
 - `decoder.all_subpixel`: the same, both layers in the sub-pixel form
+- `decoder.all_gemm`: the same, both layers in the MatMul + Col2Im form
 - `decoder.depth_to_space`: the same, both sub-pixel with DepthToSpace (the previous export)
 - `decoder.resize_conv`: dense 16 -> 2048, (nearest resize + conv 3x3) x3
 - `decoder.pixel_shuffle`: dense 16 -> 256 -> 3136, (conv 3x3 + PixelShuffle) x2, trained so
@@ -85,6 +86,9 @@ def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
     def all_subpixel_decoder() -> nn.Module:
         return decoder_with(lambda up: UpConv(up.in_channels, up.out_channels))
 
+    def all_gemm_decoder() -> nn.Module:
+        return decoder_with(lambda up: UpConv(up.in_channels, up.out_channels, gemm_export=True))
+
     def depth_to_space_decoder() -> nn.Module:
         return decoder_with(lambda up: DepthToSpaceUpConv(up.in_channels, up.out_channels))
 
@@ -105,6 +109,7 @@ def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
         "decoder.shipped": (lambda: ConvDecoder(d, w), (d,)),
         "decoder.convtranspose": (convtranspose_decoder, (d,)),
         "decoder.all_subpixel": (all_subpixel_decoder, (d,)),
+        "decoder.all_gemm": (all_gemm_decoder, (d,)),
         "decoder.depth_to_space": (depth_to_space_decoder, (d,)),
         "decoder.resize_conv": (lambda: nn.Sequential(
             nn.Linear(d, 4 * w * 16), relu(), nn.Unflatten(1, (4 * w, 4, 4)),

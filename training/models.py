@@ -70,9 +70,10 @@ def pixel_shuffle(x: torch.Tensor, r: int) -> torch.Tensor:
 
     Why: onnxruntime's CPU DepthToSpace is a generic 6-D transpose, while Col2Im
     with an r x r block and stride r (no overlap) is the same rearrangement done as
-    block copies: 0.8 vs 3.0 ms for [256,128,7,7] on 2 threads, a sixth of the AE
-    decoders' time. Col2Im reads channel c*r*r + a*r + b into pixel (r*i+a, r*j+b)
-    of channel c, which is pixel shuffle's order; `F.fold` is torch's Col2Im.
+    block copies: the AE decoder takes 13.9 ms instead of 16.2 at batch 256
+    (`python -m benchmarks.architectures`: decoder.all_subpixel vs
+    decoder.depth_to_space). Col2Im reads channel c*r*r + a*r + b into pixel
+    (r*i+a, r*j+b) of channel c, which is pixel shuffle's order; `F.fold` is torch's Col2Im.
     """
     if not torch.onnx.is_in_onnx_export():
         return F.pixel_shuffle(x, r)
@@ -91,10 +92,10 @@ class UpConv(nn.ConvTranspose2d):
     """A 4x4 stride-2 transposed conv (doubles H and W) that exports in a form
     onnxruntime runs fast, computing the same function.
 
-    Why: onnxruntime's CPU ConvTranspose is slow (`python -m benchmarks.architectures`:
-    decoder.convtranspose vs decoder.shipped). Two exact forms are faster, each
-    where the other is weak (batch 256, 2 threads: 64 -> 32 channels at 7x7,
-    sub-pixel 6.4 vs GEMM 7.4 ms; 32 -> 1 at 14x14, sub-pixel 2.2 vs GEMM 0.8 ms):
+    Why: onnxruntime's CPU ConvTranspose is slow. Two exact forms are faster, each
+    where the other is weak (`python -m benchmarks.architectures`, batch 256, the AE
+    decoder: as ConvTranspose 23.5 ms, all GEMM 15.3, all sub-pixel 13.9, shipped
+    12.8, which is sub-pixel for 64 -> 32 channels and GEMM for the last layer, 32 -> 1):
 
     - sub-pixel (the default): output pixel (2m+a, 2n+b) sees input rows {m-1, m}
       (a=0) or {m, m+1} (a=1) through taps (3, 1) or (2, 0) of the 4x4 kernel, so
