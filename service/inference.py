@@ -13,12 +13,15 @@ into bigger batches instead of queues, and no request is refused for having
 waited (BentoML's own dispatcher answers 503 when its queue estimate says a
 request would wait too long; also it batches one argument only, while our
 calls carry model, dataset and labels). One onnxruntime call runs at a time
-per worker, on one thread, using the session's intra-op threads.
+per worker, on one thread, using the session's intra-op threads; when the
+queue already holds a full call (big requests), that thread starts it at once
+instead of waiting for the event loop to hand it over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -92,30 +95,69 @@ class Batcher:
         if self._lock is None:
             self._lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
+        settle = functools.partial(loop.call_soon_threadsafe, self._settle)
         try:
             while queue:
                 async with self._lock:  # one onnxruntime call at a time in this worker
                     jobs = self._take(queue, limit)
                     if not jobs:
                         continue
-                    try:
-                        if self._cheap(graph, jobs):
-                            results = self._run_jobs(graph, jobs, limit)
-                        else:
-                            results = await loop.run_in_executor(
-                                self._executor, self._run_jobs, graph, jobs, limit
-                            )
-                    except Exception as err:
-                        results = [err] * len(jobs)
-                for job, result in zip(jobs, results, strict=True):
-                    if job.future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        job.future.set_exception(result)
+                    if self._cheap(graph, jobs):
+                        self._settle(jobs, self._run_safely(graph, jobs, limit))
                     else:
-                        job.future.set_result(result)
+                        await loop.run_in_executor(
+                            self._executor, self._run_stream, key, graph, jobs, queue, limit, settle
+                        )
         finally:
             del self._queues[key]  # no await since `while queue` was false: nothing was added
+
+    def _run_stream(
+        self,
+        key: Hashable,
+        graph: Graph,
+        jobs: list[_Job],
+        queue: deque[_Job],
+        limit: int,
+        settle: Callable[[list[_Job], list], object],
+    ) -> None:
+        """On the executor thread: run `jobs`, then go on with the next call straight from
+        `queue` while it holds a full call and no other graph waits.
+
+        Why: a call handed back through the event loop waits for the loop, which may be busy
+        parsing the next request's JSON, and onnxruntime idles meanwhile. A full call cannot
+        grow by waiting, so starting it at once costs no batching. Results are settled on the
+        loop (`settle` is thread-safe) as each call ends. Only this thread takes from `queue`
+        while it runs; the loop only appends (deque appends and pops are atomic).
+        """
+        while True:
+            settle(jobs, self._run_safely(graph, jobs, limit))
+            if not self._full(queue, limit) or self._others_waiting(key):
+                return
+            jobs = self._take(queue, limit)
+            if not jobs:
+                return
+
+    def _full(self, queue: deque[_Job], limit: int) -> bool:
+        return sum(job.rows for job in list(queue) if not job.future.cancelled()) >= limit
+
+    def _others_waiting(self, key: Hashable) -> bool:
+        return any(q for k, q in list(self._queues.items()) if k != key)
+
+    @staticmethod
+    def _settle(jobs: list[_Job], results: list) -> None:
+        for job, result in zip(jobs, results, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(result, Exception):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+
+    def _run_safely(self, graph: Graph, jobs: list[_Job], limit: int) -> list:
+        try:
+            return self._run_jobs(graph, jobs, limit)
+        except Exception as err:
+            return [err] * len(jobs)
 
     def _cheap(self, graph: Graph, jobs: list[_Job]) -> bool:
         """True when the call is predicted to take under `inline_seconds`: then it runs on the

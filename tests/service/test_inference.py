@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,43 @@ def test_calls_respect_the_pixel_budget():
     assert sorted(seen) == [3, 3, 3, 10]  # 4 rows a call: requests of 3 run alone
     np.testing.assert_array_equal(big["y"][:, 0], np.arange(10) * 2)  # ran in chunks, joined
     assert batcher.calls == 4
+
+
+class _SlowGraph:
+    """A stand-in graph that takes 30 ms a call and notes when each call started."""
+
+    def __init__(self):
+        self.starts: list[float] = []
+
+    def run(self, feeds):
+        self.starts.append(time.perf_counter())
+        time.sleep(0.03)
+        return {"y": feeds["x"] * 2}
+
+
+def test_full_calls_start_without_waiting_for_the_event_loop():
+    """Queued calls that are already full start back to back on the onnxruntime thread,
+    even while the event loop is busy (say parsing a big request)."""
+    batcher = Batcher(max_pixels=40)
+    graph = _SlowGraph()
+
+    async def burst():
+        jobs = [
+            asyncio.ensure_future(
+                batcher.run(graph, {"x": np.full((4, 1), v, np.float32)}, row_pixels=10)
+            )
+            for v in range(3)
+        ]
+        await asyncio.sleep(0.005)  # the first call is running, the other two queued
+        time.sleep(0.25)  # the loop is busy: no callback runs for 250 ms
+        busy_until = time.perf_counter()
+        return busy_until, await asyncio.gather(*jobs)
+
+    busy_until, results = run(burst())
+    assert len(graph.starts) == 3 and all(start < busy_until for start in graph.starts)
+    for v, result in enumerate(results):
+        np.testing.assert_array_equal(result["y"], np.full((4, 1), 2 * v))
+    assert batcher.calls == 3
 
 
 def test_generate_is_reproducible(engine: Engine, reference):
