@@ -1,6 +1,6 @@
 """Which layer shapes does onnxruntime run faster than torch eager, and what do they cost to train?
 
-    python -m benchmarks.architectures --out arch.json      # ~2 min on 2 idle cores
+    python -m benchmarks.architectures --out arch.json      # ~1 min on 2 idle cores
 
 The per-graph bar (onnxruntime >= torch eager, batch 256) depends on the
 architecture far more than on any session option: this script times the shipped
