@@ -119,6 +119,37 @@ def test_full_calls_start_without_waiting_for_the_event_loop():
     assert batcher.calls == 3
 
 
+def test_a_stream_of_full_calls_lets_other_graphs_in():
+    """While one graph's full calls stream on the onnxruntime thread, a request for another
+    graph runs after the current call, not after the whole stream."""
+    order: list[str] = []
+
+    class Named(_SlowGraph):
+        def __init__(self, name: str):
+            super().__init__()
+            self.name = name
+
+        def run(self, feeds):
+            order.append(self.name)
+            return super().run(feeds)
+
+    batcher = Batcher(max_pixels=40)
+    big, small = Named("big"), Named("small")
+
+    async def burst():
+        stream = [
+            asyncio.ensure_future(batcher.run(big, {"x": np.ones((4, 1), np.float32)}, 10))
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0.01)  # the first big call is running
+        lone = await batcher.run(small, {"x": np.ones((1, 1), np.float32)}, 10)
+        return lone, await asyncio.gather(*stream)
+
+    lone, _ = run(burst())
+    np.testing.assert_array_equal(lone["y"], [[2.0]])
+    assert order == ["big", "small", "big", "big"]
+
+
 def test_generate_is_reproducible(engine: Engine, reference):
     first = run(engine.generate(model="vae", dataset="mnist", n=5, seed=7, temperature=0.8))
     again = run(engine.generate(model="vae", dataset="mnist", n=5, seed=7, temperature=0.8))
