@@ -11,8 +11,9 @@ keyword arguments so that whoever loads weights can rebuild the model.
 Choices, and why:
 - Strided convs down (28 -> 14 -> 7) and transposed convs up: cheap to train on
   2 CPU cores. onnxruntime runs transposed convs slowly, so `UpConv` exports
-  itself as the same function in a form it runs fast (3x3 conv + pixel shuffle),
-  and every pixel shuffle exports as Col2Im rather than DepthToSpace (`pixel_shuffle`).
+  itself as the same function in a form it runs fast (a 3x3 conv + pixel shuffle,
+  or a matmul + Col2Im), and every pixel shuffle exports as Col2Im rather than
+  DepthToSpace (`pixel_shuffle`).
 - VAEs use a Bernoulli likelihood on dynamically binarized pixels (Kingma &
   Welling 2014; Burda et al. 2016 for the IWAE bound used in evaluation) and the
   closed-form Gaussian KL. Their decoders export `logits` beside the

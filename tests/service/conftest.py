@@ -46,6 +46,9 @@ class Server:
     def alive(self) -> bool:
         return self.running.process.poll() is None
 
+    def stop(self) -> None:
+        self.running.stop()
+
 
 def start_server(models_dir: Path, workdir: Path, **env: str) -> Server:
     """`bentoml serve` from the repo root with the test limits; returns once /readyz is 200."""
@@ -57,7 +60,7 @@ def server(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     """The service over the tiny models, no API key."""
     running = start_server(tiny_models_dir, tmp_path_factory.mktemp("server"))
     yield running
-    running.running.stop()
+    running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def keyed_server(
     key = "test-key-0123456789abcdef"
     running = start_server(tiny_models_dir, tmp_path_factory.mktemp("keyed"), AE_API_KEY=key)
     yield running
-    running.running.stop()
+    running.stop()
 
 
 @pytest.fixture(scope="session")
