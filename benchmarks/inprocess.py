@@ -116,19 +116,20 @@ def torch_graphs(
     for entry in manifest.models:
         if entry.dataset != dataset or (names is not None and entry.name not in names):
             continue
+        scale = entry.scale or 1
         try:
-            model, source = shipped_weights(entry, models_dir, runs_dir, probe)
+            model, source, diffs = shipped_weights(entry, models_dir, runs_dir, probe)
             weights = f"{source} (reproduces the shipped graph)"
         except ExportError:
             model = build_model(entry.name, **entry.training.config.get("model_kwargs", {}))
-            model, weights = model.eval(), "freshly initialised; exported on the fly"
-        scale = entry.scale or 1
+            model, weights, diffs = model.eval(), "freshly initialised; exported on the fly", None
         for role, graph in model.graphs().items():
-            path = models_dir / entry.files[role].path
-            if weights.startswith("freshly"):
+            if diffs is not None:
+                path, diff = models_dir / entry.files[role].path, diffs[role]
+            else:
                 path = scratch / f"{dataset}-{entry.name}-{role}.onnx"
                 export_graph(graph, path)
-            diff = parity(graph, path, graph_inputs(graph, probe, scale))
+                diff = parity(graph, path, graph_inputs(graph, probe, scale))
             out.append(TorchGraph(dataset, entry.name, role, graph.module.eval(), graph, path,
                                   weights, diff, scale))
     return out

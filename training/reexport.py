@@ -44,8 +44,8 @@ from training.models import build_model
 log = logging.getLogger(__name__)
 
 
-def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
@@ -96,9 +96,10 @@ def _load_initializers(model: torch.nn.Module, entry: ModelEntry, models_dir: Pa
     return not missing
 
 
-def shipped_weights(entry: ModelEntry, models_dir: Path, runs_dir: Path,
-                    probe: np.ndarray) -> tuple[torch.nn.Module, str]:
-    """The entry's module with the weights of its shipped graphs, and where they came from."""
+def shipped_weights(entry: ModelEntry, models_dir: Path, runs_dir: Path, probe: np.ndarray
+                    ) -> tuple[torch.nn.Module, str, dict[str, float]]:
+    """The entry's module with the weights of its shipped graphs, where they came from, and
+    each graph's torch vs shipped-file max abs diff on `probe`."""
     scale = entry.scale or 1
     for source in ("checkpoint", "shipped graph"):
         model = build_model(entry.name, **entry.training.config.get("model_kwargs", {})).eval()
@@ -106,12 +107,15 @@ def shipped_weights(entry: ModelEntry, models_dir: Path, runs_dir: Path,
             loaded = _load_checkpoint(model, entry, runs_dir)
         else:
             loaded = _load_initializers(model, entry, models_dir)
-        if loaded and all(
-            parity(graph, models_dir / entry.files[role].path, graph_inputs(graph, probe, scale))
-            <= PARITY_TOLERANCE
+        if not loaded:
+            continue
+        diffs = {
+            role: parity(graph, models_dir / entry.files[role].path,
+                         graph_inputs(graph, probe, scale))
             for role, graph in model.graphs().items()
-        ):
-            return model, source
+        }
+        if max(diffs.values()) <= PARITY_TOLERANCE:
+            return model, source, diffs
     raise ExportError(f"{entry.dataset}/{entry.name}: no weights that reproduce the shipped "
                       "graphs (neither a matching checkpoint nor complete initializers)")
 
@@ -121,7 +125,7 @@ def reexport_model(entry: ModelEntry, models_dir: Path, runs_dir: Path, seed: in
     """The entry with its graphs re-exported into `models_dir` (see the module docstring)."""
     rng = np.random.default_rng(seed)
     probe = rng.uniform(0, 1, (64, 1, 28, 28)).astype(np.float32)
-    model, source = shipped_weights(entry, models_dir, runs_dir, probe)
+    model, source, _ = shipped_weights(entry, models_dir, runs_dir, probe)
     scale = entry.scale or 1
     new, worst = entry.model_copy(deep=True), 0.0
     with tempfile.TemporaryDirectory(prefix="ae-reexport-") as scratch:
@@ -129,11 +133,12 @@ def reexport_model(entry: ModelEntry, models_dir: Path, runs_dir: Path, seed: in
         for role, graph in model.graphs().items():
             path = Path(scratch) / f"{role}.onnx"
             export_graph(graph, path)
+            sessions = [_session(path), _session(models_dir / entry.files[role].path)]
             for images in (probe, probe[:1]):
                 inputs = graph_inputs(graph, images, scale)
                 feeds = {n: t.numpy() for n, t in zip(graph.input_names, inputs, strict=True)}
-                vs_shipped = _max_diff(_run(path, feeds),
-                                       _run(models_dir / entry.files[role].path, feeds))
+                new_out, shipped_out = (s.run(None, feeds) for s in sessions)
+                vs_shipped = _max_diff(new_out, shipped_out)
                 vs_torch = parity(graph, path, inputs)
                 if max(vs_shipped, vs_torch) > PARITY_TOLERANCE:
                     raise ExportError(f"{entry.dataset}/{entry.name}.{role}: new graph differs "
