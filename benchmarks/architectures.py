@@ -25,8 +25,12 @@ Candidates (d=16 latent, width 32):
 - `decoder.depth_to_space`: the same, both sub-pixel with DepthToSpace (the previous export)
 - `decoder.resize_conv`: dense 16 -> 2048, (nearest resize + conv 3x3) x3
 - `decoder.pixel_shuffle`: dense 16 -> 256 -> 3136, (conv 3x3 + PixelShuffle) x2, trained so
-- `denoiser.shipped`: the U-Net of training.models.Denoiser
-- `denoiser.concat`: the same U-Net joining skip and deep paths by concatenation
+- `denoiser.shipped`: the U-Net of training.models.Denoiser (joins: `SkipJoin`)
+- `denoiser.nearest_join`: the U-Net shipped before: the deep path resized (nearest)
+  to the skip's size and convolved with it (kernel split, no concatenation)
+- `denoiser.concat`: the same joining by concatenation
+- `*.int8`: the graph quantized as shipped (`training.quantize`, ranges calibrated on
+  random images: the speed does not depend on them); torch runs the float module
 """
 
 from __future__ import annotations
@@ -47,7 +51,14 @@ def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
     import torch.nn.functional as F
     from torch import nn
 
-    from training.models import ConvDecoder, ConvEncoder, Denoiser, PixelShuffle, UpConv
+    from training.models import (
+        ConvDecoder,
+        ConvEncoder,
+        Denoiser,
+        PixelShuffle,
+        UpConv,
+        _conv_relu,
+    )
 
     class Resize(nn.Module):
         def __init__(self, size: int):
@@ -57,7 +68,30 @@ def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
         def forward(self, x):
             return F.interpolate(x, size=self.size, mode="nearest")
 
-    class ConcatDenoiser(Denoiser):
+    class NearestJoinDenoiser(Denoiser):
+        """The denoiser shipped before `SkipJoin`: same levels, joins by nearest resize."""
+
+        def __init__(self, w: int = 16):
+            super().__init__(w)
+            del self.join2, self.join1, self.out
+            self.up2 = nn.Sequential(_conv_relu(6 * w, 2 * w), _conv_relu(2 * w, 2 * w))
+            self.up1 = nn.Sequential(_conv_relu(3 * w, w), nn.Conv2d(w, 1, 3, 1, 1))
+
+        @staticmethod
+        def _join(block, skip, deep):
+            conv, c = block[0][0], skip.shape[1]
+            deep = F.interpolate(deep, size=skip.shape[-2:], mode="nearest")
+            y = F.conv2d(skip, conv.weight[:, :c], conv.bias, padding=1)
+            y = y + F.conv2d(deep, conv.weight[:, c:], None, padding=1)
+            return block[1:](F.relu(y))
+
+        def forward_logits(self, x):
+            a = self.down1(x)
+            b = self.down2(a)
+            b = self._join(self.up2, b, self.bottom(b))
+            return torch.logit(x.clamp(0.02, 0.98)) + self._join(self.up1, a, b)
+
+    class ConcatDenoiser(NearestJoinDenoiser):
         @staticmethod
         def _join(block, skip, deep):
             deep = F.interpolate(deep, size=skip.shape[-2:], mode="nearest")
@@ -124,6 +158,9 @@ def _candidates() -> dict[str, tuple[Callable, tuple[int, ...]]]:
             nn.Conv2d(w, w, 3, 1, 1), relu(), nn.Conv2d(w, 4, 3, 1, 1), PixelShuffle(2),
         ), (d,)),
         "denoiser.shipped": (lambda: Denoiser(), (1, 28, 28)),
+        "denoiser.shipped.int8": (lambda: Denoiser(), (1, 28, 28)),
+        "denoiser.nearest_join": (lambda: NearestJoinDenoiser(), (1, 28, 28)),
+        "denoiser.nearest_join.int8": (lambda: NearestJoinDenoiser(), (1, 28, 28)),
         "denoiser.concat": (lambda: ConcatDenoiser(), (1, 28, 28)),
     }
 
@@ -153,6 +190,7 @@ def measure(names: list[str] | None = None, batch: int = 256, threads: int = 2,
     from service.registry import session_options
     from training.export import export_graph
     from training.models import Graph
+    from training.quantize import quantize
 
     rows = []
     warm_heap()
@@ -166,6 +204,10 @@ def measure(names: list[str] | None = None, batch: int = 256, threads: int = 2,
             example = torch.rand(2, *shape) if len(shape) == 3 else torch.randn(2, *shape)
             path = Path(tmp) / f"{name}.onnx"
             export_graph(Graph(module, (example,), ["x"], ["y"], axes), path)
+            if name.endswith(".int8"):
+                calibration = np.random.default_rng(0).random((256, *shape), np.float32)
+                quantize(path, path.with_suffix(".q.onnx"), calibration)
+                path = path.with_suffix(".q.onnx")
             session = ort.InferenceSession(str(path), session_options(threads),
                                            providers=["CPUExecutionProvider"])
             x = torch.rand(batch, *shape) if len(shape) == 3 else torch.randn(batch, *shape)

@@ -4,8 +4,9 @@ Torch eager runs the model as trained (say a transposed conv where the graph
 has its export form, `training.models.UpConv`) on the same weights as the graph
 it is compared with: those of the run's checkpoint or of the shipped graph's
 own initializers, whichever reproduces the graph (`training.reexport.shipped_weights`);
-the shipped graph is timed. Failing both, a freshly initialised module is
-exported on the fly and that file is timed. Each figure says which (`weights`).
+the shipped graph is timed (for an int8 model, its int8 file). Failing both, a
+freshly initialised module is exported on the fly and that file is timed. Each
+figure says which (`weights`).
 
 torch gets as many intra-op threads as onnxruntime, and onnxruntime runs with
 the service's own session options (`service.registry.session_options`). Timings
@@ -120,12 +121,17 @@ def torch_graphs(
         try:
             model, source, diffs = shipped_weights(entry, models_dir, runs_dir, probe)
             weights = f"{source} (reproduces the shipped graph)"
+            if any(spec.int8 for spec in entry.files.values()):
+                weights = f"{source} (reproduces the float32 export; its int8 form is timed)"
         except ExportError:
             model = build_model(entry.name, **entry.training.config.get("model_kwargs", {}))
             model, weights, diffs = model.eval(), "freshly initialised; exported on the fly", None
         for role, graph in model.graphs().items():
             if diffs is not None:
-                path, diff = models_dir / entry.files[role].path, diffs[role]
+                spec = entry.files[role]
+                path, diff = models_dir / spec.path, diffs[role]
+                if spec.int8:  # diffs compare torch with the float32 source: now the int8 file
+                    diff = parity(graph, path, graph_inputs(graph, probe, scale))
             else:
                 path = scratch / f"{dataset}-{entry.name}-{role}.onnx"
                 export_graph(graph, path)

@@ -9,6 +9,7 @@ Layout on disk::
     exported_models/
         manifest.json
         mnist/ae.encoder.onnx, mnist/ae.decoder.onnx, mnist/denoiser.onnx, ...
+        mnist/denoiser.float32.onnx   (the float32 export of an int8 graph: not served)
         fashion-mnist/...
 
 Graph signatures (all float32 NCHW pixels in [0,1] unless said otherwise):
@@ -70,6 +71,17 @@ class TensorSpec(_Strict):
     dtype: Literal["float32", "int64"]
 
 
+class Int8Info(_Strict):
+    """How an int8 graph was derived from its float32 export, which is kept beside it."""
+
+    source_path: str = Field(description="The float32 graph, relative like `path`.")
+    source_sha256: str
+    method: str
+    calibration_images: int
+    max_abs_diff: float = Field(description="int8 vs float32 outputs on held-out inputs.")
+    mean_abs_diff: float
+
+
 class GraphFile(_Strict):
     """One ONNX file: where it is, its checksum and its signature."""
 
@@ -78,6 +90,14 @@ class GraphFile(_Strict):
     size_bytes: int
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    int8: Int8Info | None = Field(
+        default=None, description="Set when the served graph is the int8 form of a float one."
+    )
+
+    @property
+    def float_path(self) -> str:
+        """The float32 graph: this one, or the one it was quantized from."""
+        return self.int8.source_path if self.int8 else self.path
 
 
 class TrainingInfo(_Strict):

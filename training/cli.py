@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reexport":
             from training.reexport import reexport
 
-            for entry in reexport(args.dataset, args.out, args.runs_dir, names=args.models):
+            for entry in reexport(args.dataset, args.out, args.runs_dir, names=args.models,
+                                  data_dir=args.data_dir, allow_download=args.download):
                 print(f"{entry.dataset}/{entry.name}: re-exported, parity "
                       f"{entry.parity_max_abs_diff:.1e}; metrics cleared until evaluate")
             return 0

@@ -5,7 +5,8 @@ exporter and named dynamic axes (batch always; H and W for the fully
 convolutional models), run the onnx checker, run the file in onnxruntime on
 real images and compare with torch. Export fails when the max abs difference
 exceeds `PARITY_TOLERANCE`. The manifest entry records files, sha256s,
-signatures, versions, training config and the parity figure.
+signatures, versions, training config and the parity figure. Models in
+`quantize.INT8_MODELS` are then served as int8, their float32 export kept beside.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from service.manifest import (
 )
 from training.data import DATASETS, dataset_checksums
 from training.models import Graph
-from training.train import TrainConfig, TrainResult, train
+from training.quantize import INT8_MODELS, quantize_checked
+from training.train import TrainConfig, TrainResult, model_inputs, train
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,25 @@ def graph_file(path: Path, rel: str) -> GraphFile:
     )
 
 
+def float_rel(name: str, rel: str) -> str:
+    """Where a graph's float32 export goes: `rel` itself, or beside it for an int8 model."""
+    return rel.removesuffix(".onnx") + ".float32.onnx" if name in INT8_MODELS else rel
+
+
+def served_file(root: Path, rel: str, config: TrainConfig) -> GraphFile:
+    """The manifest record of the graph served at `rel`, whose float32 export is in place.
+
+    For `INT8_MODELS` the int8 graph is made here: calibrated on training inputs, then
+    compared with the float one on validation inputs (both with the model's corruption).
+    """
+    source = float_rel(config.model, rel)
+    if source == rel:
+        return graph_file(root / rel, rel)
+    info = quantize_checked(root / source, root / rel, source, model_inputs(config),
+                            model_inputs(config, 256, "val"))
+    return graph_file(root / rel, rel).model_copy(update={"int8": info})
+
+
 def export_model(result: TrainResult, out_root: Path, parity_images: np.ndarray) -> ModelEntry:
     """Export every graph of a trained model; return its manifest entry."""
     config, model = result.config, result.model
@@ -145,7 +166,7 @@ def export_model(result: TrainResult, out_root: Path, parity_images: np.ndarray)
     files, worst = {}, 0.0
     for role, graph in model.graphs().items():
         rel = f"{dataset}/{name}.onnx" if role == "model" else f"{dataset}/{name}.{role}.onnx"
-        path = out_root / rel
+        path = out_root / float_rel(name, rel)
         export_graph(graph, path)
         for images in (parity_images, parity_images[:1]):  # a batch, and batch size 1
             diff = parity(graph, path, graph_inputs(graph, images, scale))
@@ -153,7 +174,7 @@ def export_model(result: TrainResult, out_root: Path, parity_images: np.ndarray)
         if worst > PARITY_TOLERANCE:
             raise ExportError(f"{path}: torch vs onnxruntime max abs diff {worst:.2e} "
                               f"> {PARITY_TOLERANCE:.0e}")
-        files[role] = graph_file(path, rel)
+        files[role] = served_file(out_root, rel, config)
     training = TrainingInfo(
         epochs=result.epochs_run, seed=config.seed, optimizer="AdamW + OneCycleLR",
         learning_rate=config.lr, batch_size=config.batch_size,
@@ -240,9 +261,13 @@ def build_tiny_model_set(root: Path, datasets: tuple[str, ...] = ("mnist",),
         for entry in entries[: len(TINY_KWARGS)]:
             files = {}
             for role, graph in entry.files.items():
-                rel = graph.path.replace(f"{first}/", f"{dataset}/", 1)
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(root / graph.path, root / rel)
-                files[role] = graph.model_copy(update={"path": rel})
+                moved = {rel: rel.replace(f"{first}/", f"{dataset}/", 1)
+                         for rel in (graph.path, graph.float_path)}
+                for rel, new_rel in moved.items():
+                    (root / new_rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(root / rel, root / new_rel)
+                int8 = graph.int8 and graph.int8.model_copy(
+                    update={"source_path": moved[graph.float_path]})
+                files[role] = graph.model_copy(update={"path": moved[graph.path], "int8": int8})
             entries.append(entry.model_copy(update={"dataset": dataset, "files": files}))
     return record(root, entries)

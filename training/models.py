@@ -274,6 +274,28 @@ def _conv_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ReLU())
 
 
+class SkipJoin(nn.Module):
+    """Where a U-Net's deep path comes back up: `relu(conv(skip) + up(deep))`.
+
+    `up` is a sub-pixel conv (3x3 conv at the deep, half resolution, then a pixel
+    shuffle), cropped to the skip's exact size, so odd H and W need no padding. It
+    contains "nearest resize, then a 3x3 conv of the concatenation" (the usual
+    join, shipped before) as a special case, at a quarter of that conv's cost on
+    the deep channels, and it quantizes to int8 without a Resize in the way
+    (denoiser.* in `python -m benchmarks.architectures`).
+    """
+
+    def __init__(self, skip_channels: int, deep_channels: int):
+        super().__init__()
+        self.skip = nn.Conv2d(skip_channels, skip_channels, 3, 1, 1)
+        self.deep = nn.Conv2d(deep_channels, 4 * skip_channels, 3, 1, 1, bias=False)
+        self.shuffle = PixelShuffle(2)
+
+    def forward(self, skip: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+        up = self.shuffle(self.deep(deep))[..., : skip.shape[-2], : skip.shape[-1]]
+        return F.relu(self.skip(skip) + up)
+
+
 class Denoiser(nn.Module):
     """Blind denoiser: a small U-Net (Ronneberger et al. 2015), three scales, any H and W.
 
@@ -281,8 +303,9 @@ class Denoiser(nn.Module):
     context from far away; two stride-2 levels give it cheaply (a 7-layer dilated
     stack of width 24 was 0.7 dB short of the sigma-0.5 bar on MNIST and 1.4x slower
     in onnxruntime). Going down uses stride-2 convs (ceil(H/2), so odd sizes work);
-    coming up resizes (nearest) to the skip's exact size and convolves it together
-    with the skip (`_join`): no padding-to-a-multiple, no crop.
+    coming up, `SkipJoin` brings the deep path back to the skip's exact size. Every
+    full-resolution layer is kept: with the work at half resolution, isolated
+    salt-and-pepper pixels were not fixed well enough (docs/PERFORMANCE.md).
     """
 
     task = "denoise"
@@ -294,30 +317,17 @@ class Denoiser(nn.Module):
         self.down2 = nn.Sequential(_conv_relu(w, 2 * w, 2), _conv_relu(2 * w, 2 * w))  # H/2
         self.bottom = nn.Sequential(_conv_relu(2 * w, 4 * w, 2), _conv_relu(4 * w, 4 * w),
                                     _conv_relu(4 * w, 4 * w))  # H/4
-        self.up2 = nn.Sequential(_conv_relu(6 * w, 2 * w), _conv_relu(2 * w, 2 * w))
-        self.up1 = nn.Sequential(_conv_relu(3 * w, w), nn.Conv2d(w, 1, 3, 1, 1))
-
-    @staticmethod
-    def _join(block: nn.Sequential, skip: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
-        """`block(cat([skip, resize(deep)]))` without building the concatenation.
-
-        The first conv is applied to each part with its share of the kernel and the
-        results summed: the same function and parameters, without copying both
-        tensors into one (faster in both runtimes: denoiser.concat vs
-        denoiser.shipped in `python -m benchmarks.architectures`).
-        """
-        conv, c = block[0][0], skip.shape[1]
-        deep = F.interpolate(deep, size=skip.shape[-2:], mode="nearest")
-        y = F.conv2d(skip, conv.weight[:, :c], conv.bias, padding=1)
-        y = y + F.conv2d(deep, conv.weight[:, c:], None, padding=1)
-        return block[1:](F.relu(y))
+        self.join2 = SkipJoin(2 * w, 4 * w)
+        self.up2 = nn.Sequential(_conv_relu(2 * w, 2 * w), _conv_relu(2 * w, 2 * w))  # H/2
+        self.join1 = SkipJoin(w, 2 * w)
+        self.out = nn.Conv2d(w, 1, 3, 1, 1)  # H
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         # Predict a correction in logit space around the noisy input; sigmoid keeps [0,1].
         a = self.down1(x)
         b = self.down2(a)
-        b = self._join(self.up2, b, self.bottom(b))
-        return torch.logit(x.clamp(0.02, 0.98)) + self._join(self.up1, a, b)
+        b = self.up2(self.join2(b, self.bottom(b)))
+        return torch.logit(x.clamp(0.02, 0.98)) + self.out(self.join1(a, b))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.forward_logits(x))

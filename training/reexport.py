@@ -14,6 +14,10 @@ changing their weights and metrics. For each model this:
 4. swaps the files in and updates the entry's checksums, signatures, versions
    and parity. Training information is kept; the test metrics are dropped,
    because they describe the old files: run `python -m training evaluate` after.
+
+Models in `quantize.INT8_MODELS` are compared and re-exported through their
+float32 graphs, then quantized again (calibration reads the training data, so
+these need `data_dir`); a model shipped in float32 becomes int8 this way.
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ from training.export import (
     PARITY_TOLERANCE,
     ExportError,
     export_graph,
-    graph_file,
+    float_rel,
     graph_inputs,
     parity,
     record,
+    served_file,
 )
 from training.models import build_model
+from training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +85,7 @@ def _load_initializers(model: torch.nn.Module, entry: ModelEntry, models_dir: Pa
     covered: set[int] = set()
     for role, graph in model.graphs().items():
         stored = {i.name: i for i in
-                  onnx.load(str(models_dir / entry.files[role].path)).graph.initializer}
+                  onnx.load(str(models_dir / entry.files[role].float_path)).graph.initializer}
         state = graph.module.state_dict()
         hits = {k: torch.from_numpy(numpy_helper.to_array(stored[k]).copy())
                 for k in state if k in stored}
@@ -110,7 +116,7 @@ def shipped_weights(entry: ModelEntry, models_dir: Path, runs_dir: Path, probe: 
         if not loaded:
             continue
         diffs = {
-            role: parity(graph, models_dir / entry.files[role].path,
+            role: parity(graph, models_dir / entry.files[role].float_path,
                          graph_inputs(graph, probe, scale))
             for role, graph in model.graphs().items()
         }
@@ -120,8 +126,17 @@ def shipped_weights(entry: ModelEntry, models_dir: Path, runs_dir: Path, probe: 
                       "graphs (neither a matching checkpoint nor complete initializers)")
 
 
-def reexport_model(entry: ModelEntry, models_dir: Path, runs_dir: Path, seed: int = 0
-                   ) -> ModelEntry:
+def _train_config(entry: ModelEntry, data_dir: str | None, allow_download: bool
+                  ) -> TrainConfig:
+    """The entry's training config (what int8 calibration draws its inputs from)."""
+    known = TrainConfig.__dataclass_fields__
+    recorded = {k: v for k, v in entry.training.config.items() if k in known}
+    return TrainConfig(**{**recorded, "data_dir": data_dir or recorded.get("data_dir"),
+                          "allow_download": allow_download})
+
+
+def reexport_model(entry: ModelEntry, models_dir: Path, runs_dir: Path, seed: int = 0,
+                   data_dir: str | None = None, allow_download: bool = False) -> ModelEntry:
     """The entry with its graphs re-exported into `models_dir` (see the module docstring)."""
     rng = np.random.default_rng(seed)
     probe = rng.uniform(0, 1, (64, 1, 28, 28)).astype(np.float32)
@@ -133,7 +148,7 @@ def reexport_model(entry: ModelEntry, models_dir: Path, runs_dir: Path, seed: in
         for role, graph in model.graphs().items():
             path = Path(scratch) / f"{role}.onnx"
             export_graph(graph, path)
-            sessions = [_session(path), _session(models_dir / entry.files[role].path)]
+            sessions = [_session(path), _session(models_dir / entry.files[role].float_path)]
             for images in (probe, probe[:1]):
                 inputs = graph_inputs(graph, images, scale)
                 feeds = {n: t.numpy() for n, t in zip(graph.input_names, inputs, strict=True)}
@@ -145,10 +160,11 @@ def reexport_model(entry: ModelEntry, models_dir: Path, runs_dir: Path, seed: in
                                       f"(shipped {vs_shipped:.1e}, torch {vs_torch:.1e})")
                 worst = max(worst, vs_torch)
             fresh[role] = path
+        config = _train_config(entry, data_dir, allow_download)
         for role, path in fresh.items():
-            target = models_dir / entry.files[role].path
-            shutil.copyfile(path, target)
-            new.files[role] = graph_file(target, entry.files[role].path)
+            rel = entry.files[role].path
+            shutil.copyfile(path, models_dir / float_rel(entry.name, rel))
+            new.files[role] = served_file(models_dir, rel, config)
     new.parity_max_abs_diff = worst
     new.versions = {"torch": torch.__version__, "onnx": onnx.__version__,
                     "onnxruntime": ort.__version__}
@@ -157,8 +173,8 @@ def reexport_model(entry: ModelEntry, models_dir: Path, runs_dir: Path, seed: in
     return new
 
 
-def reexport(dataset: str, models_dir: Path, runs_dir: Path,
-             names: list[str] | None = None) -> list[ModelEntry]:
+def reexport(dataset: str, models_dir: Path, runs_dir: Path, names: list[str] | None = None,
+             data_dir: str | None = None, allow_download: bool = False) -> list[ModelEntry]:
     """Re-export the named models of `dataset` (all by default), recording each as it is done
     (so that a failure leaves every file matching its manifest entry)."""
     manifest = load_manifest(models_dir)
@@ -168,6 +184,7 @@ def reexport(dataset: str, models_dir: Path, runs_dir: Path,
         raise KeyError(f"no models of {dataset!r} named {names or 'any'} in {models_dir}")
     done = []
     for entry in entries:
-        done.append(reexport_model(entry, models_dir, runs_dir))
+        done.append(reexport_model(entry, models_dir, runs_dir, data_dir=data_dir,
+                                   allow_download=allow_download))
         record(models_dir, done[-1:])
     return done

@@ -23,6 +23,7 @@ from training import export
 from training.data import synthetic_dataset
 from training.export import export_graph
 from training.models import build_model
+from training.quantize import INT8_MEAN_TOLERANCE, INT8_MODELS, compare, quantize_checked
 from training.train import TrainConfig, train
 
 EXPECTED = {  # role -> (input names, output names), from service/manifest.py's docstring
@@ -125,6 +126,33 @@ def test_export_refuses_a_graph_that_disagrees_with_torch(tmp_path, monkeypatch)
     monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # any difference, even 0, fails
     with pytest.raises(export.ExportError, match="upscaler_x2.onnx: torch vs onnxruntime"):
         export.export_model(result, tmp_path / "out", synthetic_dataset()["test"].images[:4])
+
+
+def test_int8_models_are_served_quantized_beside_their_float_export(tiny_models_dir, manifest):
+    """`INT8_MODELS` serve an int8 graph (really quantized, close to the float one);
+    the float32 export it came from is kept, checksummed, and served by no one."""
+    images = np.random.default_rng(0).uniform(0, 1, (8, 1, 28, 28)).astype(np.float32)
+    for entry in manifest.models:
+        for graph in entry.files.values():
+            if entry.name not in INT8_MODELS:
+                assert graph.int8 is None and graph.float_path == graph.path
+                continue
+            info = graph.int8
+            assert info is not None and info.source_path != graph.path
+            assert sha256_file(tiny_models_dir / info.source_path) == info.source_sha256
+            ops = {n.op_type for n in onnx.load(str(tiny_models_dir / graph.path)).graph.node}
+            assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+            max_diff, mean_diff = compare(tiny_models_dir / info.source_path,
+                                          tiny_models_dir / graph.path, images)
+            assert 0 < mean_diff <= INT8_MEAN_TOLERANCE and max_diff > 0
+
+
+def test_quantization_that_strays_is_refused(tiny_models_dir, manifest, tmp_path):
+    """Ranges calibrated on the wrong data (inputs 100x too dark) fail the export."""
+    source = tiny_models_dir / manifest.get("mnist", "denoiser").files["model"].float_path
+    images = np.random.default_rng(0).uniform(0, 1, (64, 1, 28, 28)).astype(np.float32)
+    with pytest.raises(ValueError, match="int8 vs float32 mean abs diff"):
+        quantize_checked(source, tmp_path / "int8.onnx", "x.onnx", images / 100, images)
 
 
 def test_training_config_and_checksums_recorded(manifest):

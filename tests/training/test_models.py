@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -15,6 +17,7 @@ from training.models import (
     MODELS,
     Graph,
     PixelShuffle,
+    SkipJoin,
     UpConv,
     build_model,
     kl_standard_normal,
@@ -140,13 +143,31 @@ def test_pixel_shuffle_exports_as_col2im(r, tmp_path):
     assert np.array_equal(got, F.pixel_shuffle(x, r).numpy())
 
 
-def test_denoiser_join_is_conv_of_the_concatenation():
-    """The split-kernel join equals convolving the concatenated skip and resized deep path."""
+def _subpixel_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """The 3x3 kernel at half resolution that, pixel-shuffled, equals `kernel` (3x3, full
+    resolution) applied after a nearest 2x upsampling: output (2i+a, 2j+b) tap (ky, kx)
+    reads deep pixel (i + (a+ky-1)//2, j + (b+kx-1)//2)."""
+    cout, cin = kernel.shape[:2]
+    out = torch.zeros(cout, 2, 2, cin, 3, 3)
+    for a, b, ky, kx in itertools.product(range(2), range(2), range(3), range(3)):
+        out[:, a, b, :, (a + ky - 1) // 2 + 1, (b + kx - 1) // 2 + 1] += kernel[:, :, ky, kx]
+    return out.reshape(4 * cout, cin, 3, 3)
+
+
+def test_skip_join_contains_the_nearest_resize_join():
+    """`SkipJoin` can compute the usual U-Net join, a 3x3 conv of the concatenated skip and
+    nearest-resized deep path (the shipped join before it), at even sizes; at odd sizes
+    it crops to the skip's size."""
     torch.manual_seed(0)
-    model = build_model("denoiser", width=4).eval()
-    skip, deep = torch.randn(2, 4, 9, 11), torch.randn(2, 8, 5, 6)
+    skip_c, deep_c = 4, 8
+    concat = torch.nn.Conv2d(skip_c + deep_c, skip_c, 3, 1, 1)
+    join = SkipJoin(skip_c, deep_c)
     with torch.no_grad():
-        joined = torch.cat([skip, F.interpolate(deep, size=(9, 11), mode="nearest")], 1)
-        expected = model.up1(joined)
-        got = model._join(model.up1, skip, deep)
-    assert torch.allclose(got, expected, atol=1e-5)
+        join.skip.weight.copy_(concat.weight[:, :skip_c])
+        join.skip.bias.copy_(concat.bias)
+        join.deep.weight.copy_(_subpixel_kernel(concat.weight[:, skip_c:]))
+        skip, deep = torch.randn(2, skip_c, 10, 12), torch.randn(2, deep_c, 5, 6)
+        resized = F.interpolate(deep, size=(10, 12), mode="nearest")
+        expected = F.relu(concat(torch.cat([skip, resized], 1)))
+        assert torch.allclose(join(skip, deep), expected, atol=1e-5)
+        assert join(torch.randn(2, skip_c, 9, 11), deep).shape == (2, skip_c, 9, 11)
