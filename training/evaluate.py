@@ -447,18 +447,15 @@ def evaluate_models(
     evaluated = []
     for entry in entries:
         start = time.perf_counter()
-        model = OnnxModel(entry, models_dir, threads)
-        task = entry.task
-        if task == "autoencoder":
-            found, base, info = eval_autoencoder(model, ctx)
-        elif task == "vae":
-            found, base, info = eval_vae(model, ctx, iwae_k)
-        elif task == "cvae":
-            found, base, info = eval_cvae(model, ctx, iwae_k if cvae_nll else 0)
-        elif task == "denoise":
-            found, base, info = eval_denoiser(model, ctx)
-        else:
-            found, base, info = eval_upscaler(model, ctx)
+        found, base, info = _evaluate(OnnxModel(entry, models_dir, threads), ctx, iwae_k,
+                                      cvae_nll)
+        if any(graph.int8 for graph in entry.files.values()):
+            # What int8 costs: the same figures from the float32 graphs it was made from.
+            floats = entry.model_copy(update={"files": {
+                role: graph.model_copy(update={"path": graph.float_path, "int8": None})
+                for role, graph in entry.files.items()}})
+            info["float32_metrics"] = {k: float(v) for k, v in _evaluate(
+                OnnxModel(floats, models_dir, threads), ctx, iwae_k, cvae_nll)[0].items()}
         entry.metrics = {k: float(v) for k, v in found.items()}
         entry.baselines = {m: {b: float(v) for b, v in bs.items()} for m, bs in base.items()}
         entry.evaluation = {
@@ -480,6 +477,21 @@ def evaluate_models(
                  ", ".join(f"{k}={v:.4g}" for k, v in entry.metrics.items()))
         evaluated.append(entry)
     return _record(models_dir, evaluated)
+
+
+def _evaluate(model: OnnxModel, ctx: Context, iwae_k: int, cvae_nll: bool
+              ) -> tuple[dict, dict, dict]:
+    """The task's figures, baselines and notes for one model."""
+    task = model.entry.task
+    if task == "autoencoder":
+        return eval_autoencoder(model, ctx)
+    if task == "vae":
+        return eval_vae(model, ctx, iwae_k)
+    if task == "cvae":
+        return eval_cvae(model, ctx, iwae_k if cvae_nll else 0)
+    if task == "denoise":
+        return eval_denoiser(model, ctx)
+    return eval_upscaler(model, ctx)
 
 
 def _record(models_dir: Path, evaluated: list[ModelEntry]) -> Manifest:

@@ -71,6 +71,11 @@ def test_baselines_and_bookkeeping(evaluated):
     den = manifest.get("mnist", "denoiser")
     assert set(den.baselines["psnr_gaussian_0.5"]) == {
         "noisy", "median3x3", "linear_mmse", "linear_mmse_clipped"}
+    # served in int8: the float32 graph's figures beside, close but not the same numbers
+    floats = den.evaluation["float32_metrics"]
+    assert set(floats) == set(den.metrics) and floats != den.metrics
+    assert abs(floats["psnr_gaussian_0.5"] - den.metrics["psnr_gaussian_0.5"]) < 1.0
+    assert "float32_metrics" not in ae.evaluation
     cvae = manifest.get("mnist", "cvae")
     assert 0 <= cvae.metrics["class_accuracy"] <= 1
     assert cvae.evaluation["frechet_floor_real_vs_real"] >= 0
