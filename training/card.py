@@ -244,6 +244,16 @@ def evaluation_notes(entries: list[ModelEntry]) -> list[str]:
                 f"- `{e.name}`: {ev['samples_per_class']} samples per class, z ~ N(0, I); "
                 f"Frechet distance against the test images in the classifier's feature space; "
                 f"the floor is {ev['frechet_floor']}.")
+        if "float32_metrics" in ev:
+            int8 = next(g.int8 for g in e.files.values() if g.int8)
+            floats = ", ".join(
+                f"{metric_label(m)} {fmt(m, v)} "
+                f"({fmt_margin(m, margin(m, e.metrics[m], v))} in int8)"
+                for m, v in ev["float32_metrics"].items() if m in e.metrics)
+            notes.append(
+                f"- `{e.name}` is served in int8 ({int8.method}; ranges calibrated on "
+                f"{int8.calibration_images:,} training inputs). The float32 graph it was made "
+                f"from, `{int8.source_path}`, scores: {floats}.")
         if "conditions" in ev:
             notes.append(
                 f"- `{e.name}`: noisy test images made once with seed {ev['test_noise_seed']}; "

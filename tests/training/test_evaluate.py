@@ -128,6 +128,10 @@ def test_card_reports_every_metric_beside_its_baselines(evaluated):
     assert f"PCA-16 {ae.baselines['mse']['pca_16']:.4f}" in text
     assert "<= 0.0070" in text and "CC BY-SA 3.0" in text
     assert "python -m training train --dataset mnist --model denoiser" in text
+    den = manifest.get("mnist", "denoiser")
+    float_psnr = den.evaluation["float32_metrics"]["psnr_gaussian_0.5"]
+    assert "`denoiser` is served in int8" in text
+    assert f"PSNR (dB), Gaussian σ=0.5 {float_psnr:.2f}" in text
 
 
 def test_figures_are_drawn_from_the_onnx_models(evaluated, small_data, tmp_path):
