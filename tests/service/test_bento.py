@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from service.manifest import load_manifest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -38,9 +40,11 @@ def test_bento_holds_models_and_manifest(tiny_models_dir: Path, tmp_path: Path):
     assert (src / "service" / "service.py").is_file() and (
         src / "service" / "manifest.py"
     ).is_file()
-    shipped = sorted(p.relative_to(tiny_models_dir) for p in tiny_models_dir.rglob("*.onnx"))
+    manifest = load_manifest(tiny_models_dir)
+    served = sorted(Path(g.path) for e in manifest.models for g in e.files.values())
     packed = sorted(p.relative_to(src / "exported_models") for p in src.rglob("*.onnx"))
-    assert packed == shipped and len(shipped) == 22
+    assert packed == served and len(served) == 22  # not the float32 sources of int8 graphs
+    assert len(list(tiny_models_dir.rglob("*.float32.onnx"))) == 2
     assert (src / "exported_models/manifest.json").read_bytes() == (
         tiny_models_dir / "manifest.json"
     ).read_bytes()
