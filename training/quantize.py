@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -40,7 +41,7 @@ INT8_MODELS = frozenset({"denoiser"})
 CALIBRATION_IMAGES = 1024
 CALIBRATION_BATCH = 128
 METHOD = ("onnxruntime quantize_static, QDQ: int8 weights per output channel, uint8 "
-          "activations, MinMax ranges")
+          "activations, MinMax ranges; the first conv (one input channel) kept in float32")
 # Mean abs pixel difference int8 vs float32 above which the export fails: it catches a
 # broken quantization (ranges calibrated on the wrong data), not int8 rounding, whose
 # cost the test metrics report.
@@ -76,7 +77,16 @@ def quantize(float_path: Path, int8_path: Path, calibration: np.ndarray) -> None
                 quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=_first_convs(prepared),
             )
+
+
+def _first_convs(path: Path) -> list[str]:
+    """Convs that read a graph input: with one input channel they gain nothing in int8
+    (a one-off timing: 2-7 % faster kept in float32, and closer to the float graph)."""
+    graph = onnx.load(str(path)).graph
+    inputs = {i.name for i in graph.input}
+    return [n.name for n in graph.node if n.op_type == "Conv" and n.input[0] in inputs]
 
 
 def compare(float_path: Path, int8_path: Path, images: np.ndarray) -> tuple[float, float]:
