@@ -13,11 +13,11 @@ process (`session.use_env_allocators`) instead of one arena each: an arena
 grows to the largest call its session ever ran and never shrinks, so 22
 private arenas keep 22 peaks (all graphs at batch 256: 638 -> 212 MB).
 
-Threads: each session gets `threads` intra-op threads and one inter-op thread;
-the caller picks `threads` so that workers x threads never exceeds the cores
-(`service.settings`). Graph optimisation is ORT_ENABLE_ALL. Spinning is off:
-on a small machine an idle spinning pool steals the CPU the event loop needs
-to parse the next request.
+Threads: each session gets `threads` intra-op threads (the service: 1, and its
+batcher runs calls on several threads at once) and one inter-op thread; the
+caller keeps workers x threads within the cores (`service.settings`). Graph
+optimisation is ORT_ENABLE_ALL. Spinning is off: on a small machine an idle
+spinning pool steals the CPU the event loop needs to parse the next request.
 
 Lookups raise the domain errors `UnknownDataset` / `UnknownModel`.
 """

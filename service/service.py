@@ -113,9 +113,9 @@ class Autoencoders:
     def __init__(self) -> None:
         return_large_buffers_to_os()
         self.settings = get_settings()
-        self.registry = Registry.open(
-            self.settings.models_dir, threads=self.settings.threads, preload=self.settings.preload
-        )
+        # Single-threaded sessions; the batcher runs `threads` of them at once (see Batcher).
+        self.registry = Registry.open(self.settings.models_dir, threads=1,
+                                      preload=self.settings.preload)
         self.engine = Engine(self.registry, self.settings, observe=_observe_batch)
         payload = self.registry.manifest.model_dump(mode="json")
         self.models_json = orjson.dumps({**payload, "limits": self.settings.limits()})

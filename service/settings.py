@@ -14,7 +14,8 @@ tune the service without touching code. Read once per process
 | `AE_MAX_PIXELS` | 16777216 | output pixels per request (N x H x W after upscaling) |
 | `AE_MAX_REQUEST_BYTES` | 33554432 | request body size; larger bodies get 413 unread |
 | `AE_WORKERS` | 1 | BentoML worker processes |
-| `AE_THREADS` | cores // workers | onnxruntime intra-op threads per session (at most that) |
+| `AE_THREADS` | cores // workers | threads per worker that run onnxruntime, each on a share of a
+|  |  | call's rows with a single-threaded session (at most cores // workers) |
 | `AE_BATCH_PIXELS` | 50176 | image pixels per onnxruntime call (64 28x28 images): merged |
 |  |  | requests stop there and bigger requests run in chunks, bounding the arena |
 | `AE_PRELOAD` | 0 | 1: open every model's onnxruntime session at start, not on first use |

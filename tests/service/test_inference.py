@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -148,6 +149,50 @@ def test_a_stream_of_full_calls_lets_other_graphs_in():
     lone, _ = run(burst())
     np.testing.assert_array_equal(lone["y"], [[2.0]])
     assert order == ["big", "small", "big", "big"]
+
+
+@pytest.mark.parametrize(("rows", "split", "sizes"), [
+    (256, True, [32] * 8),  # a big job: 64 rows in flight, 32 on each of 2 threads
+    (32, True, [16, 16]),
+    (12, True, [8, 4]),  # no piece under 8 rows
+    (8, True, [8]),
+    (256, False, [64] * 4),  # inline calls are never split
+])
+def test_calls_are_split_over_the_threads(rows, split, sizes):
+    batcher = Batcher(max_pixels=64, parallel=2)
+    pieces = batcher._pieces(rows, 64, split)
+    assert [p.stop - p.start if p.stop <= rows else rows - p.start for p in pieces] == sizes
+    assert pieces[0].start == 0
+    assert all(a.stop == b.start for a, b in zip(pieces, pieces[1:], strict=False))
+    assert Batcher(max_pixels=64)._pieces(rows, 64, split) == [
+        slice(i, i + 64) for i in range(0, rows, 64)]  # one thread: chunks of the limit
+
+
+def test_pieces_run_in_parallel_in_order_within_the_row_budget():
+    """A big job runs as pieces on two threads at once, never more than the call's rows in
+    flight, and comes back joined in order."""
+    flight, peak, lock = [0], [0], threading.Lock()
+
+    class Counting(_SlowGraph):
+        def run(self, feeds):
+            with lock:
+                flight[0] += len(feeds["x"])
+                peak[0] = max(peak[0], flight[0])
+            try:
+                return super().run(feeds)
+            finally:
+                with lock:
+                    flight[0] -= len(feeds["x"])
+
+    batcher = Batcher(max_pixels=16 * 10, parallel=2, min_piece_rows=2)
+    graph = Counting()
+    x = np.arange(64, dtype=np.float32)[:, None]
+    start = time.perf_counter()
+    out = run(batcher.run(graph, {"x": x}, row_pixels=10))
+    elapsed = time.perf_counter() - start
+    np.testing.assert_array_equal(out["y"], x * 2)
+    assert len(graph.starts) == 8 and peak[0] == 16  # 8 pieces of 8 rows, 2 at a time
+    assert elapsed < 8 * 0.03 * 0.75  # sequential would take 8 x 30 ms
 
 
 def test_generate_is_reproducible(engine: Engine, reference):
