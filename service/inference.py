@@ -63,7 +63,7 @@ class Batcher:
         observe: Callable[[Graph, int, int], None] | None = None,
         inline_seconds: float = 1e-3,
         parallel: int = 1,
-        min_piece_rows: int = 8,
+        min_piece_rows: int = 32,
     ):
         self.max_pixels = max_pixels
         self.parallel = parallel
@@ -193,8 +193,9 @@ class Batcher:
 
     def _pieces(self, rows: int, limit: int, split: bool) -> list[slice]:
         """Row ranges of one call, run `parallel` at a time: together at most `limit` rows
-        in flight (the arena's bound), each at least `min_piece_rows` (below that a thread
-        hand-off costs more than it saves)."""
+        in flight (the arena's bound), each at least `min_piece_rows`. Smaller calls run
+        whole: single-image requests at concurrency 32 merge into calls of ~30 rows, and
+        splitting those cost 9 % of the encode requests/s (an A/B run, 8 vs 32 rows)."""
         size = limit
         if split and self._pieces_pool is not None:
             size = max(self.min_piece_rows, -(-min(rows, limit) // self.parallel))

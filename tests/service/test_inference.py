@@ -151,15 +151,16 @@ def test_a_stream_of_full_calls_lets_other_graphs_in():
     assert order == ["big", "small", "big", "big"]
 
 
-@pytest.mark.parametrize(("rows", "split", "sizes"), [
-    (256, True, [32] * 8),  # a big job: 64 rows in flight, 32 on each of 2 threads
-    (32, True, [16, 16]),
-    (12, True, [8, 4]),  # no piece under 8 rows
-    (8, True, [8]),
-    (256, False, [64] * 4),  # inline calls are never split
+@pytest.mark.parametrize(("rows", "split", "min_rows", "sizes"), [
+    (256, True, 32, [32] * 8),  # a big job: 64 rows in flight, 32 on each of 2 threads
+    (40, True, 32, [32, 8]),
+    (32, True, 32, [32]),  # the default: calls of up to 32 rows run whole
+    (32, True, 8, [16, 16]),
+    (12, True, 8, [8, 4]),  # no piece under min_rows
+    (256, False, 8, [64] * 4),  # inline calls are never split
 ])
-def test_calls_are_split_over_the_threads(rows, split, sizes):
-    batcher = Batcher(max_pixels=64, parallel=2)
+def test_calls_are_split_over_the_threads(rows, split, min_rows, sizes):
+    batcher = Batcher(max_pixels=64, parallel=2, min_piece_rows=min_rows)
     pieces = batcher._pieces(rows, 64, split)
     assert [p.stop - p.start if p.stop <= rows else rows - p.start for p in pieces] == sizes
     assert pieces[0].start == 0
