@@ -153,8 +153,11 @@ def served_file(root: Path, rel: str, config: TrainConfig) -> GraphFile:
     source = float_rel(config.model, rel)
     if source == rel:
         return graph_file(root / rel, rel)
-    info = quantize_checked(root / source, root / rel, source, model_inputs(config),
-                            model_inputs(config, 256, "val"))
+    try:
+        info = quantize_checked(root / source, root / rel, source, model_inputs(config),
+                                model_inputs(config, 256, "val"))
+    except ValueError as err:
+        raise ExportError(str(err)) from err
     return graph_file(root / rel, rel).model_copy(update={"int8": info})
 
 
