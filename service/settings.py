@@ -17,7 +17,8 @@ tune the service without touching code. Read once per process
 | `AE_THREADS` | cores // workers | threads per worker that run onnxruntime, each on a share of a
 |  |  | call's rows with a single-threaded session (at most cores // workers) |
 | `AE_BATCH_PIXELS` | 50176 | image pixels per onnxruntime call (64 28x28 images): merged |
-|  |  | requests stop there and bigger requests run in chunks, bounding the arena |
+|  |  | requests stop there and bigger requests run in chunks (up to `AE_THREADS` |
+|  |  | at once; a 28x28 call's rows are shared by them), bounding the arena |
 | `AE_PRELOAD` | 0 | 1: open every model's onnxruntime session at start, not on first use |
 | `AE_ACCESS_LOG` | 0 | 1: BentoML's access log, one line per request |
 | `AE_TRACING` | 0 | 1: OpenTelemetry spans per request (set BentoML's tracing exporter) |

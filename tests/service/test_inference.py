@@ -151,22 +151,23 @@ def test_a_stream_of_full_calls_lets_other_graphs_in():
     assert order == ["big", "small", "big", "big"]
 
 
-@pytest.mark.parametrize(("rows", "split", "min_rows", "sizes"), [
-    (256, True, 32, [32] * 8),  # a big job: 64 rows in flight, 32 on each of 2 threads
-    (40, True, 32, [32, 8]),
-    (32, True, 32, [32]),  # the default: calls of up to 32 rows run whole
-    (32, True, 8, [16, 16]),
-    (12, True, 8, [8, 4]),  # no piece under min_rows
-    (256, False, 8, [64] * 4),  # inline calls are never split
+@pytest.mark.parametrize(("rows", "limit", "split", "min_rows", "sizes"), [
+    (256, 64, True, 32, [32] * 8),  # a big job: 64 rows in flight, 32 on each of 2 threads
+    (40, 64, True, 32, [32, 8]),
+    (32, 64, True, 32, [32]),  # the default: calls of up to 32 rows run whole
+    (32, 64, True, 8, [16, 16]),
+    (12, 64, True, 8, [8, 4]),  # no piece under min_rows
+    (10, 4, True, 32, [4, 4, 2]),  # ... nor over the call's limit (big images: few rows)
+    (256, 64, False, 8, [64] * 4),  # inline calls are never split
 ])
-def test_calls_are_split_over_the_threads(rows, split, min_rows, sizes):
-    batcher = Batcher(max_pixels=64, parallel=2, min_piece_rows=min_rows)
-    pieces = batcher._pieces(rows, 64, split)
-    assert [p.stop - p.start if p.stop <= rows else rows - p.start for p in pieces] == sizes
+def test_calls_are_split_over_the_threads(rows, limit, split, min_rows, sizes):
+    batcher = Batcher(parallel=2, min_piece_rows=min_rows)
+    pieces = batcher._pieces(rows, limit, split)
+    assert [min(p.stop, rows) - p.start for p in pieces] == sizes
     assert pieces[0].start == 0
     assert all(a.stop == b.start for a, b in zip(pieces, pieces[1:], strict=False))
-    assert Batcher(max_pixels=64)._pieces(rows, 64, split) == [
-        slice(i, i + 64) for i in range(0, rows, 64)]  # one thread: chunks of the limit
+    assert Batcher()._pieces(rows, limit, split) == [
+        slice(i, i + limit) for i in range(0, rows, limit)]  # one thread: chunks of the limit
 
 
 def test_pieces_run_in_parallel_in_order_within_the_row_budget():
