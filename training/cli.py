@@ -109,6 +109,7 @@ def _train_one(args: argparse.Namespace, model: str) -> tuple:
     from training.export import train_and_export
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the exporter's pass-by-pass notes
     entry = train_and_export(_config(args, model), args.out, resume=args.resume,
                              progress=not args.no_progress)
     t = entry.training
@@ -142,6 +143,7 @@ def _train(args: argparse.Namespace, models: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the exporter's pass-by-pass notes
     try:
         if args.command == "train":
             return _train(args, [args.model])
