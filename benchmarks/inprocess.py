@@ -107,6 +107,7 @@ class TorchGraph:
     weights: str  # where the weights came from (module docstring)
     parity: float
     scale: int = 1  # upscalers take images `scale` times smaller
+    int8: bool = False  # the timed file is the int8 form of the float32 weights
 
 
 def torch_graphs(
@@ -138,17 +139,17 @@ def torch_graphs(
             model = build_model(entry.name, **entry.training.config.get("model_kwargs", {}))
             model, weights, diffs = model.eval(), "freshly initialised; exported on the fly", None
         for role, graph in model.graphs().items():
+            int8 = diffs is not None and entry.files[role].int8 is not None
             if diffs is not None:
-                spec = entry.files[role]
-                path, diff = models_dir / spec.path, diffs[role]
-                if spec.int8:  # diffs compare torch with the float32 source: now the int8 file
+                path, diff = models_dir / entry.files[role].path, diffs[role]
+                if int8:  # diffs compare torch with the float32 source: now the int8 file
                     diff = parity(graph, path, graph_inputs(graph, probe, scale))
             else:
                 path = scratch / f"{dataset}-{entry.name}-{role}.onnx"
                 export_graph(graph, path)
                 diff = parity(graph, path, graph_inputs(graph, probe, scale))
             out.append(TorchGraph(dataset, entry.name, role, graph.module.eval(), graph, path,
-                                  weights, diff, scale))
+                                  weights, diff, scale, int8))
     return out
 
 
@@ -224,6 +225,7 @@ def torch_vs_ort(graphs: list[TorchGraph], batch: int, threads: int, min_time: f
                 "reps": len(ort_times),
                 "weights": item.weights,
                 "parity_max_abs_diff": item.parity,
+                "int8": item.int8,
                 "onnx": str(item.onnx_path),
             }
         )

@@ -53,7 +53,12 @@ def test_benchmark_smoke_produces_every_figure(tiny_models_dir: Path, tmp_path: 
     graphs = {row["graph"] for row in figures["ort_vs_torch"]["rows"]}
     assert {"mnist/ae.encoder", "mnist/denoiser.model"} <= graphs
     for row in figures["ort_vs_torch"]["rows"]:
-        assert row["parity_max_abs_diff"] <= 1e-4, row  # torch and onnxruntime: same weights
+        # torch and onnxruntime: same weights; the denoiser's file is their int8 form
+        assert row["int8"] == (row["graph"] == "mnist/denoiser.model"), row
+        if row["int8"]:
+            assert 1e-4 < row["parity_max_abs_diff"] < 0.5, row
+        else:
+            assert row["parity_max_abs_diff"] <= 1e-4, row
 
     for name in ("json_batch_vs_baseline", "single_rps_vs_baseline"):
         for endpoint in ("encode", "denoise"):
