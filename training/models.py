@@ -280,8 +280,8 @@ class SkipJoin(nn.Module):
     `up` is a sub-pixel conv (3x3 conv at the deep, half resolution, then a pixel
     shuffle), cropped to the skip's exact size, so odd H and W need no padding. It
     contains "nearest resize, then a 3x3 conv of the concatenation" (the usual
-    join, shipped before) as a special case, at a quarter of that conv's cost on
-    the deep channels, and it quantizes to int8 without a Resize in the way
+    join, shipped before) as a special case, with the same multiply-adds for the
+    deep channels, and it quantizes to int8 without a Resize in the way
     (denoiser.* in `python -m benchmarks.architectures`).
     """
 
