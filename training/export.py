@@ -40,7 +40,7 @@ from service.manifest import (
 )
 from training.data import DATASETS, dataset_checksums
 from training.models import Graph
-from training.quantize import INT8_MODELS, quantize_checked
+from training.quantize import CALIBRATION_IMAGES, CHECK_IMAGES, INT8_MODELS, quantize_checked
 from training.train import TrainConfig, TrainResult, model_inputs, train
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,9 @@ def served_file(root: Path, rel: str, config: TrainConfig) -> GraphFile:
     source = float_rel(config.model, rel)
     if source == rel:
         return graph_file(root / rel, rel)
+    inputs = model_inputs(config, {"fit": CALIBRATION_IMAGES, "val": CHECK_IMAGES})
     try:
-        info = quantize_checked(root / source, root / rel, source, model_inputs(config),
-                                model_inputs(config, 256, "val"))
+        info = quantize_checked(root / source, root / rel, source, inputs["fit"], inputs["val"])
     except ValueError as err:
         raise ExportError(str(err)) from err
     return graph_file(root / rel, rel).model_copy(update={"int8": info})

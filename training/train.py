@@ -107,15 +107,21 @@ def make_batch(model_name: str, images: np.ndarray, labels: np.ndarray,
     return Batch(torch.from_numpy(inputs), torch.from_numpy(target), torch.from_numpy(labels))
 
 
-def model_inputs(config: TrainConfig, count: int = 1024, part: str = "fit",
-                 seed: int = 0) -> np.ndarray:
-    """`count` images of the fitting (or "val"idation) part of the training split, with the
-    corruption `config.model` trains on: int8 calibration and check data."""
-    fit, val = split_train_val(_load(config), config.val_fraction, config.seed)
-    images = (fit if part == "fit" else val).images
-    images = images[np.random.default_rng(seed).permutation(len(images))[:count]]
-    labels = np.zeros(len(images), np.int64)
-    return make_batch(config.model, images, labels, np.random.default_rng(seed)).inputs.numpy()
+def model_inputs(config: TrainConfig, counts: dict[str, int], seed: int = 0
+                 ) -> dict[str, np.ndarray]:
+    """`counts[part]` images of each part ("fit", "val") of the training split, loaded once,
+    with the corruption `config.model` trains on: int8 calibration and check data."""
+    parts = dict(zip(("fit", "val"),
+                     split_train_val(_load(config), config.val_fraction, config.seed),
+                     strict=True))
+    out = {}
+    for part, count in counts.items():
+        images = parts[part].images
+        images = images[np.random.default_rng(seed).permutation(len(images))[:count]]
+        labels = np.zeros(len(images), np.int64)
+        noise = np.random.default_rng(seed)
+        out[part] = make_batch(config.model, images, labels, noise).inputs.numpy()
+    return out
 
 
 def split_train_val(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
